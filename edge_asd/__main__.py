@@ -1,0 +1,3 @@
+from edge_asd.cli import main
+
+main()

@@ -1,0 +1,181 @@
+"""The detector: feature frames → windows → model → window scores → clip score → decision.
+
+PyOD-shaped: higher scores are more anomalous, ``threshold_`` is the fitted (calibrated)
+threshold, ``predict`` is ``score > threshold_``. The trainer's evaluation and the device both
+score through this class, so a clip gets the same score on the desk and on the device.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Literal
+
+import numpy as np
+
+from edge_asd.audio.resample import resample
+from edge_asd.bundle import Bundle, read_bundle
+from edge_asd.errors import BundleError, ParameterError
+from edge_asd.frontend import compute_features
+from edge_asd.runtime import RuntimeName, TFLiteModel
+
+__all__ = ["Detector", "window_view"]
+
+
+def window_view(frames: np.ndarray, *, n_frames: int, hop_frames: int) -> np.ndarray:
+    """Windows of ``n_frames`` consecutive frames every ``hop_frames``: a read-only view of shape
+    ``(n_windows, n_frames, n_features)`` (no copy)."""
+    if frames.shape[0] < n_frames:
+        return np.empty((0, n_frames, frames.shape[1]), dtype=frames.dtype)
+    view = np.lib.stride_tricks.sliding_window_view(frames, n_frames, axis=0)[::hop_frames]
+    return view.transpose(0, 2, 1)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    return z - m - np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
+
+
+class Detector:
+    """Scores audio with a bundle's TFLite model.
+
+    Parameters
+    ----------
+    bundle
+        A loaded bundle (see :meth:`from_bundle` to load one from a path).
+    model
+        ``"int8"`` (the device model) or ``"float"`` (the reference).
+    num_threads, runtime
+        Passed to :class:`~edge_asd.runtime.TFLiteModel`.
+    class_label
+        For ``neg_log_prob`` bundles: the machine class this detector listens to (one of
+        ``bundle.model.classes``). The score is ``−log p(class_label)``.
+
+    Attributes
+    ----------
+    threshold_ : float
+        Decision threshold on clip scores, from the bundle.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        model: Literal["int8", "float"] = "int8",
+        num_threads: int = 1,
+        runtime: RuntimeName = "auto",
+        class_label: str | None = None,
+    ) -> None:
+        if model not in ("int8", "float"):
+            raise ParameterError(f"model must be 'int8' or 'float', got {model!r}")
+        self.bundle = bundle
+        self.which = model
+        self.model = TFLiteModel(bundle.model_path(model), num_threads=num_threads, runtime=runtime)
+        self._check_model()
+        self._mean, self._inv_std = bundle.normalization.arrays()
+        self._score_kind = bundle.model.score
+        self._class_index = self._resolve_class(class_label) if class_label is not None else None
+        if self._score_kind == "anomaly_prob":
+            self._class_index = self._resolve_class("anomaly")
+
+    @classmethod
+    def from_bundle(cls, path: str | os.PathLike, **kwargs) -> "Detector":
+        """Load and check a bundle directory, then build a detector (keywords as the constructor)."""
+        return cls(read_bundle(path), **kwargs)
+
+    @property
+    def threshold_(self) -> float:
+        return float(self.bundle.threshold.value)
+
+    @property
+    def config(self):
+        return self.bundle.features
+
+    def _check_model(self) -> None:
+        b, m = self.bundle.model, self.model
+        where = self.model.path
+        if m.input_shape != tuple(b.input_shape) or m.output_shape != tuple(b.output_shape):
+            raise BundleError(
+                f"{where}: model shapes {m.input_shape} → {m.output_shape} differ from bundle.json's "
+                f"{tuple(b.input_shape)} → {tuple(b.output_shape)}; the model file belongs to another bundle"
+            )
+        if self.which == "int8":
+            if m.input_quant is None or m.output_quant is None:
+                raise BundleError(f"{where}: not a full-integer model (input {m.input_dtype}, output {m.output_dtype}); re-export it")
+            for name, actual in (("input", m.input_quant), ("output", m.output_quant)):
+                recorded = b.quantization.get(name)
+                if recorded is not None and (
+                    recorded.zero_point != actual.zero_point or not np.isclose(recorded.scale, actual.scale, rtol=1e-6)
+                ):
+                    raise BundleError(
+                        f"{where}: {name} quantisation {actual} differs from bundle.json's {recorded}; "
+                        "the model file belongs to another bundle"
+                    )
+
+    def _resolve_class(self, label: str) -> int:
+        classes = self.bundle.model.classes
+        if label not in classes:
+            raise ParameterError(f"class {label!r} is not one of the bundle's classes {list(classes)}")
+        return classes.index(label)
+
+    def normalize(self, frames: np.ndarray) -> np.ndarray:
+        """Standardise ``(n_frames, n_features)`` frames with the bundle's training statistics."""
+        if frames.ndim != 2 or frames.shape[1] != self.config.n_features:
+            raise ParameterError(f"frames must be (n_frames, {self.config.n_features}), got {frames.shape}")
+        return (frames - self._mean) * self._inv_std
+
+    def score_window(self, window: np.ndarray, *, class_index: int | None = None) -> float:
+        """Score one normalised window ``(n_frames, n_features)``."""
+        y = self.model(window)
+        if self._score_kind == "reconstruction_mse":
+            d = y.reshape(-1) - window.reshape(-1)
+            return float(np.dot(d, d) / d.size)
+        logits = y.reshape(-1)
+        index = self._class_index if class_index is None else class_index
+        if index is None:
+            raise ParameterError(
+                f"this bundle scores by machine class ({list(self.bundle.model.classes)}); give class_label"
+            )
+        log_p = _log_softmax(logits)
+        if self._score_kind == "neg_log_prob":
+            return float(-log_p[index])
+        return float(np.exp(log_p[index]))
+
+    def score_windows(self, frames: np.ndarray, *, class_label: str | None = None) -> np.ndarray:
+        """Window scores of raw (un-normalised) feature frames ``(n_frames, n_features)``.
+
+        Returns
+        -------
+        np.ndarray, float64, shape ``(n_windows,)``; empty when there are fewer frames than a window.
+        """
+        index = self._resolve_class(class_label) if class_label is not None else None
+        w = self.bundle.window
+        windows = window_view(self.normalize(frames), n_frames=w.n_frames, hop_frames=w.hop_frames)
+        return np.array([self.score_window(win, class_index=index) for win in windows], dtype=np.float64)
+
+    def score_clip(self, samples: np.ndarray, *, sr: int, class_label: str | None = None) -> float:
+        """Clip score: the mean of its window scores (as the seeds do).
+
+        Parameters
+        ----------
+        samples
+            ``(n_samples, n_channels)`` or ``(n_samples,)`` float audio.
+        sr
+            Its sample rate, Hz; resampled to the bundle's rate when different.
+        """
+        if sr != self.config.sr:
+            samples = resample(samples if samples.ndim == 2 else samples[:, None], orig_sr=sr, target_sr=self.config.sr)
+        scores = self.score_windows(compute_features(samples, self.config), class_label=class_label)
+        if scores.size == 0:
+            need = (self.bundle.window.n_frames - 1) * self.config.hop_length / self.config.sr
+            raise ParameterError(f"audio too short: a window needs about {need:.2f} s at {self.config.sr} Hz")
+        return float(scores.mean())
+
+    def decision_function(self, clips: Iterable[np.ndarray], *, sr: int | None = None) -> np.ndarray:
+        """Clip scores of several clips at ``sr`` (default: the bundle's rate); higher = more anomalous."""
+        rate = self.config.sr if sr is None else sr
+        return np.array([self.score_clip(c, sr=rate) for c in clips], dtype=np.float64)
+
+    def predict(self, clips: Iterable[np.ndarray], *, sr: int | None = None) -> np.ndarray:
+        """``True`` where a clip's score exceeds ``threshold_``."""
+        return self.decision_function(clips, sr=sr) > self.threshold_

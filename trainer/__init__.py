@@ -1,0 +1,1 @@
+"""edge-asd trainer (desktop): datasets, protocols, models, int8 export, evaluation."""
