@@ -65,6 +65,298 @@ def features(files, kind, sr, n_fft, hop_length, n_mels, n_sinc, fmin, fmax, out
         raise EdgeASDError(f"{failed} of {len(files)} file(s) could not be read (see above)")
 
 
+# ---------------------------------------------------------------------------------------------------
+# Device commands. Heavy modules (the runtime, scipy.stats, paho, pyaudio) are imported inside the
+# commands so `--help` is instant and nothing pulls in more than the command needs.
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+BENCH_CLIP_S = 10.0
+"""Audio per bench repetition, seconds (one MIMII clip)."""
+BENCH_CHANNELS = 8
+BENCH_MIN_WINDOWS = 200
+"""Window latencies measured at least (short clips are cycled)."""
+BENCH_BLOCK_S = 0.1
+"""Block size the bench pushes, seconds (the service's default)."""
+
+
+def _setup_logging(level: str) -> None:
+    import logging
+
+    # journald adds its own timestamps; keep ours for plain terminals too (cheap, and greppable).
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format=LOG_FORMAT)
+
+
+def _load_config(path: Path | None):
+    from edge_asd.config import Config, load_config
+
+    return load_config(path) if path is not None else Config()
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Device TOML (firmware_config/*.toml). Default: built-in defaults.")
+@click.option("--input", "input_spec", help="Override the input: a wav file, a folder, mic, mic:N or mic:NAME.")
+@click.option("--bundle", type=click.Path(path_type=Path), help="Override device.bundle.")
+@click.option("--device-id", help="Override device.id.")
+@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="Override store.path (SQLite file).")
+@click.option("--realtime/--fast", default=None, help="Files: play at real speed or as fast as possible.")
+@click.option("--loop/--no-loop", default=None, help="Files: start again at the end.")
+@click.option("--mqtt-host", help="Enable MQTT and override mqtt.host.")
+@click.option("--mqtt-port", type=int, help="Override mqtt.port.")
+@click.option("--log-periods/--no-log-periods", default=None, help="Also print every period score as a JSON line.")
+@click.option("--debug", is_flag=True, help="Debug logging.")
+def run(config_path, input_spec, bundle, device_id, db, realtime, loop, mqtt_host, mqtt_port, log_periods, debug) -> None:
+    """Run the detector service: audio → features → model → alarm → events.
+
+    Events go to stdout as JSON lines, to the SQLite store and (if configured) to MQTT. SIGTERM or
+    Ctrl-C finishes the current period, flushes the sinks and exits 0.
+    """
+    import dataclasses
+
+    from edge_asd.config import parse_input_spec
+    from edge_asd.service import run_service
+
+    config = _load_config(config_path)
+    replace = dataclasses.replace
+    inp = parse_input_spec(input_spec, config.input) if input_spec else config.input
+    if realtime is not None:
+        inp = replace(inp, realtime=realtime)
+    if loop is not None:
+        inp = replace(inp, loop=loop)
+    device = config.device
+    if bundle is not None:
+        device = replace(device, bundle=bundle)
+    if device_id is not None:
+        device = replace(device, id=device_id)
+    store = replace(config.store, path=db) if db is not None else config.store
+    mqtt = config.mqtt
+    if mqtt_host is not None:
+        mqtt = replace(mqtt, enabled=True, host=mqtt_host)
+    if mqtt_port is not None:
+        mqtt = replace(mqtt, port=mqtt_port)
+    service_cfg = replace(config.service, log_level="debug") if debug else config.service
+    if log_periods is not None:
+        service_cfg = replace(service_cfg, log_periods=log_periods)
+    config = replace(config, input=inp, device=device, store=store, mqtt=mqtt, service=service_cfg)
+    _setup_logging(config.service.log_level)
+    sys.exit(run_service(config))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--input", "input_spec", help="Normal audio: a wav file, a folder, mic, mic:N or mic:NAME. "
+              "Default: the config's input.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Device TOML: input settings and alarm.period_s.")
+@click.option("--seconds", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="Audio to record or read, seconds (files: at most this much).")
+@click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option("--period-s", type=click.FloatRange(min=0, min_open=True), help="Scoring period, seconds (default: the config's alarm.period_s).")
+@click.option("--tail-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+              help="Fraction of the highest period scores the gamma is fitted to.")
+@click.option("--model", type=click.Choice(["int8", "float"]), default="int8", show_default=True)
+@click.option("--class-label", help="Machine class (neg_log_prob bundles).")
+@click.option("--dry-run", is_flag=True, help="Print the result; do not write the bundle.")
+def calibrate(bundle, input_spec, config_path, seconds, false_alarms_per_day, period_s, tail_fraction, model, class_label, dry_run) -> None:
+    """Set BUNDLE's threshold from normal audio recorded where the device is mounted.
+
+    The audio is scored as the service scores it; a gamma is fitted to the tail of the period
+    scores and the threshold is set for the requested false alarms per day. The previous threshold
+    is kept in the bundle's history.
+    """
+    from edge_asd.audio.sources import open_source
+    from edge_asd.bundle import update_threshold
+    from edge_asd.calibration import fit_threshold, score_periods, threshold_record
+    from edge_asd.config import parse_input_spec
+    from edge_asd.detector import Detector
+
+    config = _load_config(config_path)
+    inp = parse_input_spec(input_spec, config.input) if input_spec else config.input
+    period = period_s or config.alarm.period_s
+    detector = Detector.from_bundle(bundle, model=model, class_label=class_label or config.device.class_label)
+    source = open_source(inp, sr=detector.config.sr, realtime=False)
+    what = str(inp.path) if inp.kind != "microphone" else f"microphone {inp.device if inp.device is not None else '(default)'}"
+    click.echo(f"scoring up to {seconds:g} s of normal audio from {what} ...", err=True)
+    scores, audio_s = score_periods(detector, source, period_s=period, max_seconds=seconds)
+    result = fit_threshold(scores, period_s=period, false_alarms_per_day=false_alarms_per_day, tail_fraction=tail_fraction)
+    click.echo(f"{audio_s:.1f} s of audio, {scores.size} periods")
+    click.echo(result.statement())
+    click.echo(f"previous threshold {detector.threshold_:.6g} ({detector.bundle.threshold.method}, {detector.bundle.threshold.source})")
+    if dry_run:
+        click.echo("dry run: bundle not changed")
+        return
+    update_threshold(bundle, threshold_record(result, input_desc=what, model=model))
+    click.echo(f"threshold written to {Path(bundle) / 'bundle.json'}")
+
+
+def _expand_inputs(inputs: tuple[Path, ...]) -> list[Path]:
+    from edge_asd.audio.sources import list_wavs
+
+    files: list[Path] = []
+    for item in inputs:
+        files.extend(list_wavs(item) if item.is_dir() else [item])
+    return files
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="Also write file,score,decision rows here.")
+@click.option("--model", type=click.Choice(["int8", "float"]), default="int8", show_default=True)
+@click.option("--class-label", help="Machine class (neg_log_prob bundles).")
+@click.option("--threshold", type=float, help="Decide with this threshold instead of the bundle's.")
+def score(bundle, inputs, csv_path, model, class_label, threshold) -> None:
+    """Score wav files (or every wav below folders) with BUNDLE: one row per clip.
+
+    Prints ``file,score,decision`` (decision 1 = anomalous). An unreadable file is reported and
+    left out, never scored as 0; the exit code is then 1.
+    """
+    import csv
+    import io
+
+    from edge_asd.audio import read_wav
+    from edge_asd.detector import Detector
+
+    detector = Detector.from_bundle(bundle, model=model, class_label=class_label)
+    thr = detector.threshold_ if threshold is None else threshold
+    files = _expand_inputs(inputs)
+    rows, failed = [], 0
+    for path in files:
+        try:
+            samples, sr = read_wav(path)
+            value = detector.score_clip(samples, sr=sr)
+        except EdgeASDError as exc:
+            click.echo(f"error: {exc}", err=True)
+            failed += 1
+            continue
+        rows.append((str(path), value, int(value > thr)))
+        click.echo(f"{path},{value:.6g},{int(value > thr)}")
+    if csv_path is not None:
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["file", "score", "decision"])
+        writer.writerows((f, repr(s), d) for f, s, d in rows)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        csv_path.write_text(buf.getvalue(), encoding="utf-8")
+    if failed:
+        raise EdgeASDError(f"{failed} of {len(files)} file(s) could not be scored (see above)")
+
+
+@cli.command()
+def devices() -> None:
+    """List audio capture devices (index, channels, default rate), or say that there are none."""
+    from edge_asd.audio.microphone import list_input_devices
+
+    found = list_input_devices()
+    if not found:
+        click.echo("no audio input devices found (no sound card, or this user is not in the 'audio' group)")
+        return
+    for d in found:
+        click.echo(f"{d.index}: {d.name} ({d.max_input_channels} ch, default {d.default_sample_rate_hz:g} Hz)")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--no-model", is_flag=True, help="Only read bundle.json (do not load the model).")
+def info(bundle, no_model) -> None:
+    """Describe BUNDLE: model, features, window, threshold and its history, metrics."""
+    import json
+
+    from edge_asd.bundle import MODEL_FILES, read_bundle
+
+    b = read_bundle(bundle)
+    f, w, m, t = b.features, b.window, b.model, b.threshold
+    click.echo(f"bundle     {b.path} (schema {b.schema_version})")
+    click.echo(f"model      {m.kind}, objective {m.objective}, score {m.score}, input {m.input_shape} -> {m.output_shape}")
+    if m.classes:
+        click.echo(f"classes    {', '.join(m.classes)}")
+    for which, name in MODEL_FILES.items():
+        size = (b.path / name).stat().st_size
+        click.echo(f"file       {name}: {size / 1024:.1f} KiB, sha256 {m.sha256.get(which, '?')[:16]}")
+    for name, q in m.quantization.items():
+        click.echo(f"quant      {name}: scale {q.scale:.6g}, zero point {q.zero_point}")
+    click.echo(f"features   {f.kind}, {f.sr} Hz, n_fft {f.n_fft}, hop {f.hop_length}, {f.n_features} features/frame")
+    click.echo(f"window     {w.n_frames} frames, hop {w.hop_frames} ({w.n_frames * f.hop_length / f.sr:.2f} s)")
+    click.echo(f"threshold  {t.value:.6g} ({t.method}, from {t.source}, {t.created}"
+               + (f", {t.false_alarms_per_day:g}/day at {t.period_s:g} s periods" if t.false_alarms_per_day and t.period_s else "") + ")")
+    for old in t.history:
+        click.echo(f"  earlier  {old.get('value'):.6g} ({old.get('method')}, from {old.get('source')}, {old.get('created')})")
+    if b.metrics:
+        click.echo("metrics    " + json.dumps(dict(b.metrics), sort_keys=True, default=str)[:500])
+    if b.provenance:
+        click.echo("provenance " + json.dumps(dict(b.provenance), sort_keys=True, default=str)[:500])
+    if not no_model:
+        from edge_asd.detector import Detector
+
+        d = Detector(b)
+        click.echo(f"runtime    {d.model.runtime}: int8 model loads, input {d.model.input_dtype}, output {d.model.output_dtype}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--model", type=click.Choice(["int8", "float"]), default="int8", show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=1), default=BENCH_CLIP_S, show_default=True, help="Audio per repetition, s.")
+@click.option("--channels", type=click.IntRange(min=1), default=BENCH_CHANNELS, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--num-threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--class-label", help="Machine class (neg_log_prob bundles).")
+def bench(bundle, model, seconds, channels, repeats, num_threads, class_label) -> None:
+    """Measure per-window latency and the end-to-end real-time factor on this device.
+
+    Pushes noise in service-sized blocks through the streaming front end, windows and model (the
+    service's path); reports the best and median of the repetitions.
+    """
+    import time
+
+    from edge_asd.detector import Detector, window_view
+    from edge_asd.service import StreamingScorer
+
+    detector = Detector.from_bundle(bundle, model=model, num_threads=num_threads, class_label=class_label)
+    sr = detector.config.sr
+    rng = np.random.default_rng(0)
+    audio = (0.1 * rng.standard_normal((int(seconds * sr), channels))).astype(np.float32)
+    block = max(1, int(BENCH_BLOCK_S * sr))
+    scorer = StreamingScorer(detector, n_channels=channels)
+    scorer.push(audio[:block])  # warm-up: numba kernels, interpreter allocation
+    scorer.reset()
+    totals, fronts = [], []
+    n_windows = 0
+    for _ in range(repeats):
+        scorer.reset()
+        t0 = time.perf_counter()
+        n = 0
+        for start in range(0, audio.shape[0], block):
+            n += len(scorer.push(audio[start : start + block]))
+        n += len(scorer.flush())
+        totals.append(time.perf_counter() - t0)
+        n_windows = n
+        fe = scorer.frontend
+        t0 = time.perf_counter()
+        for start in range(0, audio.shape[0], block):
+            fe.push(audio[start : start + block])
+        fe.flush()
+        fronts.append(time.perf_counter() - t0)
+    w = detector.bundle.window
+    from edge_asd.frontend import compute_features
+
+    windows = window_view(detector.normalize(compute_features(audio, detector.config)), n_frames=w.n_frames, hop_frames=w.hop_frames)
+    if len(windows) == 0:
+        raise EdgeASDError(f"{seconds:g} s of audio is shorter than one model window; use a longer --seconds")
+    lat = []
+    for i in range(max(BENCH_MIN_WINDOWS, len(windows))):  # cycle short clips for stable percentiles
+        t0 = time.perf_counter()
+        detector.score_window(windows[i % len(windows)])
+        lat.append(time.perf_counter() - t0)
+    lat_ms = np.array(lat) * 1e3
+    best, med = min(totals), float(np.median(totals))
+    click.echo(f"bundle            {detector.bundle.path} ({detector.bundle.model.kind}, {model}, runtime {detector.model.runtime}, {num_threads} thread(s))")
+    click.echo(f"audio             {seconds:g} s x {channels} ch at {sr} Hz, blocks of {block} samples, {n_windows} windows")
+    click.echo(f"window latency    median {np.median(lat_ms):.3f} ms, p95 {np.percentile(lat_ms, 95):.3f} ms ({len(lat_ms)} windows)")
+    click.echo(f"front end         {min(fronts) * 1e3:.2f} ms per {seconds:g} s (real-time factor {min(fronts) / seconds:.5f})")
+    click.echo(f"end to end        best {best * 1e3:.2f} ms, median {med * 1e3:.2f} ms per {seconds:g} s")
+    click.echo(f"real-time factor  {best / seconds:.5f} (best), {med / seconds:.5f} (median)")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning expected errors into one line and exit code 1."""
     try:

@@ -189,6 +189,16 @@ def test_feature_config_json_round_trip_and_validation():
         FeatureConfig(16000)  # keyword-only
 
 
+@pytest.mark.parametrize("win_length", [None, 400, 1000])
+def test_analysis_window_is_scipys_periodic_hann_centred(win_length):
+    import scipy.signal
+
+    cfg = FeatureConfig(n_fft=1024, win_length=win_length)
+    n = cfg.win_length_samples
+    expected = librosa.util.pad_center(scipy.signal.get_window("hann", n, fftbins=True), size=1024)
+    np.testing.assert_allclose(analysis_window(cfg), expected, atol=1e-7)
+
+
 def test_feature_frame_count_matches_librosa_convention():
     cfg = FeatureConfig(n_mels=8)
     for n in (0, 1, 511, 512, 513, 16000):

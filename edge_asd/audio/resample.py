@@ -5,7 +5,6 @@ from __future__ import annotations
 from math import gcd
 
 import numpy as np
-import scipy.signal
 
 from edge_asd.errors import ParameterError
 
@@ -22,6 +21,9 @@ def resample(samples: np.ndarray, *, orig_sr: int, target_sr: int) -> np.ndarray
         raise ParameterError(f"sample rates must be positive, got {orig_sr} and {target_sr}")
     if orig_sr == target_sr:
         return samples.astype(np.float32, copy=False)
+    import scipy.signal  # here, not at import: it costs the device ~80 MB of memory
+
+
     g = gcd(int(orig_sr), int(target_sr))
     out = scipy.signal.resample_poly(samples, target_sr // g, orig_sr // g, axis=0)
     return out.astype(np.float32)

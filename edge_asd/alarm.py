@@ -1,0 +1,215 @@
+"""Alarm logic: window scores → period scores → anomalous / normal level → onset and recovery events.
+
+Shaped like TFLite Micro's ``RecognizeCommands``: the caller passes each window score with the
+time it refers to; scores are averaged over a fixed period; a decision needs ``onset_k`` anomalous
+periods among the last ``onset_n`` (debounce); a separate back-to-normal event follows
+``recovery_m`` consecutive normal periods; a refractory time suppresses repeated onsets. Time must
+never go backwards. The *level* (is the current period anomalous?) is reported apart from the
+*event* (did the alarm state change?).
+
+The clock is whatever the caller passes: the service uses stream time (seconds of audio since the
+start), which is monotonic by construction and makes file replay deterministic; callers without a
+time of their own get :func:`time.monotonic` through the injected ``clock``.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from edge_asd.errors import ParameterError
+
+__all__ = ["AlarmConfig", "PeriodResult", "PeriodAverager", "AlarmLogic", "EVENT_ONSET", "EVENT_RECOVERY"]
+
+EVENT_ONSET = "onset"
+EVENT_RECOVERY = "back_to_normal"
+EventKind = Literal["onset", "back_to_normal"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlarmConfig:
+    """Debounce and timing of the alarm."""
+
+    period_s: float = 10.0
+    """Scoring period, seconds: the period score is the mean of the window scores inside it."""
+    onset_k: int = 3
+    """Anomalous periods needed among the last ``onset_n`` to raise an onset event."""
+    onset_n: int = 5
+    """Length of the onset look-back, periods."""
+    recovery_m: int = 3
+    """Consecutive normal periods needed for the back-to-normal event."""
+    refractory_s: float = 300.0
+    """Minimum time between two onset events, seconds (suppresses flapping alarms)."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.period_s) and self.period_s > 0):
+            raise ParameterError(f"alarm.period_s must be > 0 seconds, got {self.period_s!r}")
+        for key in ("onset_k", "onset_n", "recovery_m"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ParameterError(f"alarm.{key} must be an integer >= 1, got {value!r}")
+        if self.onset_k > self.onset_n:
+            raise ParameterError(f"alarm.onset_k ({self.onset_k}) must not exceed alarm.onset_n ({self.onset_n})")
+        if not (math.isfinite(self.refractory_s) and self.refractory_s >= 0):
+            raise ParameterError(f"alarm.refractory_s must be >= 0 seconds, got {self.refractory_s!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeriodResult:
+    """One closed scoring period."""
+
+    start_s: float
+    """Start of the period on the caller's clock, seconds."""
+    end_s: float
+    """Time of the last window in the period, seconds."""
+    score: float
+    """Mean of the period's window scores."""
+    n_windows: int
+    anomalous: bool
+    """Level: ``score > threshold``."""
+    alarm: bool
+    """Alarm state after this period (``True`` between an onset and the next back-to-normal)."""
+    event: EventKind | None = None
+    """``"onset"`` or ``"back_to_normal"`` when the alarm state changed at this period."""
+    anomalous_in_window: int = 0
+    """Anomalous periods among the last ``onset_n`` (for the event record)."""
+
+
+class PeriodAverager:
+    """Group timed window scores into fixed periods of ``period_s`` and average them.
+
+    Periods are half-open intervals ``[start, start + period_s)`` on a fixed grid starting at the
+    first window's time, so they do not drift. A period closes when a window at or beyond its end
+    arrives, or on :meth:`flush`.
+    """
+
+    def __init__(self, period_s: float) -> None:
+        if not (math.isfinite(period_s) and period_s > 0):
+            raise ParameterError(f"period_s must be > 0 seconds, got {period_s!r}")
+        self.period_s = float(period_s)
+        self.reset()
+
+    def reset(self) -> None:
+        self._start: float | None = None
+        self._last_t: float | None = None
+        self._sum = 0.0
+        self._count = 0
+
+    def add(self, score: float, t_s: float) -> tuple[float, float, float, int] | None:
+        """Add a window score at time ``t_s``; return ``(start_s, end_s, mean, n)`` of a period it closes.
+
+        Raises
+        ------
+        ParameterError
+            ``t_s`` is earlier than a previous window's time, or ``score`` is not finite.
+        """
+        if not math.isfinite(score):
+            raise ParameterError(f"window score must be finite, got {score!r}")
+        if self._last_t is not None and t_s < self._last_t:
+            raise ParameterError(f"time went backwards: {t_s} s after {self._last_t} s")
+        closed = None
+        if self._start is None:
+            self._start = t_s
+        elif t_s >= self._start + self.period_s:
+            closed = self._close()
+            # Periods are [start, start + period_s); skip whole empty periods (a gap in the audio)
+            # so the grid stays aligned.
+            self._start += math.floor((t_s - self._start) / self.period_s) * self.period_s
+        self._sum += score
+        self._count += 1
+        self._last_t = t_s
+        return closed
+
+    def _close(self) -> tuple[float, float, float, int] | None:
+        if self._count == 0 or self._start is None or self._last_t is None:
+            return None
+        out = (self._start, self._last_t, self._sum / self._count, self._count)
+        self._sum, self._count = 0.0, 0
+        return out
+
+    def flush(self) -> tuple[float, float, float, int] | None:
+        """Close the current, possibly partial, period (at shutdown or end of input)."""
+        out = self._close()
+        if out is not None and self._start is not None:
+            self._start += self.period_s
+        return out
+
+
+class AlarmLogic:
+    """Turn timed window scores into period results and alarm events.
+
+    Parameters
+    ----------
+    config
+        Timing and debounce.
+    threshold
+        Period scores above it are anomalous (the bundle's calibrated threshold).
+    clock
+        Returns the current time in seconds when :meth:`update` is called without ``t_s``.
+        Default :func:`time.monotonic`.
+
+    Notes
+    -----
+    Warm-up is deterministic: the look-back holds only periods actually seen, so the first onset
+    can come after ``onset_k`` periods at the earliest and nothing depends on initial state.
+    """
+
+    def __init__(self, config: AlarmConfig, *, threshold: float, clock: Callable[[], float] = time.monotonic) -> None:
+        if not math.isfinite(threshold):
+            raise ParameterError(f"threshold must be finite, got {threshold!r}")
+        self.config = config
+        self.threshold = float(threshold)
+        self._clock = clock
+        self._averager = PeriodAverager(config.period_s)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget history and alarm state (a new stream)."""
+        self._averager.reset()
+        self._recent: collections.deque[bool] = collections.deque(maxlen=self.config.onset_n)
+        self._normal_run = 0
+        self.alarm = False
+        self._last_onset_s: float | None = None
+        self.n_periods = 0
+
+    def update(self, score: float, t_s: float | None = None) -> PeriodResult | None:
+        """Add one window score at time ``t_s`` (default: the clock); return the period it closes."""
+        t = self._clock() if t_s is None else float(t_s)
+        closed = self._averager.add(float(score), t)
+        return None if closed is None else self._decide(*closed)
+
+    def flush(self) -> PeriodResult | None:
+        """Close the current partial period (end of input or shutdown) and decide on it."""
+        closed = self._averager.flush()
+        return None if closed is None else self._decide(*closed)
+
+    def _decide(self, start_s: float, end_s: float, mean: float, n: int) -> PeriodResult:
+        cfg = self.config
+        anomalous = mean > self.threshold
+        self.n_periods += 1
+        self._recent.append(anomalous)
+        self._normal_run = 0 if anomalous else self._normal_run + 1
+        n_anomalous = sum(self._recent)
+        event: EventKind | None = None
+        if not self.alarm:
+            refractory_over = self._last_onset_s is None or end_s - self._last_onset_s >= cfg.refractory_s
+            if anomalous and n_anomalous >= cfg.onset_k and refractory_over:
+                self.alarm, event, self._last_onset_s = True, EVENT_ONSET, end_s
+        elif self._normal_run >= cfg.recovery_m:
+            self.alarm, event = False, EVENT_RECOVERY
+            # Start the next onset's count afresh: anomalous periods from before the recovery
+            # should not make the next alarm fire early.
+            self._recent.clear()
+        return PeriodResult(
+            start_s=start_s,
+            end_s=end_s,
+            score=mean,
+            n_windows=n,
+            anomalous=anomalous,
+            alarm=self.alarm,
+            event=event,
+            anomalous_in_window=n_anomalous,
+        )

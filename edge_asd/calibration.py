@@ -1,0 +1,251 @@
+"""On-site calibration: set the threshold for a target false-alarm rate from normal audio.
+
+Normal audio recorded where the device is mounted is scored exactly as the service scores it
+(streaming front end, windows, period means). A gamma distribution is fitted to the upper tail of
+the period scores (the exceedances over a tail quantile, a peaks-over-threshold fit in the spirit
+of the DCASE baselines' gamma fit), and the threshold is the score a normal period exceeds with
+probability ``p = false_alarms_per_day · period_s / 86400``. A bootstrap over the periods says how
+uncertain that threshold is for the amount of audio recorded.
+
+The rate is per *period*; the alarm's k-of-n debounce makes actual onset events rarer still, so
+the stated rate is an upper bound on false alarm events.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from edge_asd.alarm import PeriodAverager
+from edge_asd.errors import ParameterError
+
+__all__ = ["CalibrationResult", "fit_threshold", "score_periods", "threshold_record", "SECONDS_PER_DAY"]
+
+SECONDS_PER_DAY = 86_400.0
+MIN_PERIODS = 10
+"""Fewer normal periods than this cannot support a tail fit."""
+MIN_TAIL_POINTS = 5
+"""Smallest number of exceedances the gamma is fitted to."""
+DEFAULT_TAIL_FRACTION = 0.5
+"""Fraction of the highest period scores the gamma is fitted to."""
+DEFAULT_BOOTSTRAP = 200
+CI_LEVEL = 0.9
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationResult:
+    """A calibrated threshold and how far to trust it."""
+
+    threshold: float
+    """Period-score threshold for the target rate."""
+    false_alarms_per_day: float
+    """Target rate of anomalous normal periods per day."""
+    period_s: float
+    p_period: float
+    """Target probability that a normal period exceeds the threshold."""
+    n_periods: int
+    audio_s: float
+    tail_fraction: float
+    tail_cut: float
+    """Score above which the tail was fitted (the ``1 − tail_fraction`` quantile)."""
+    gamma_shape: float
+    gamma_scale: float
+    ci_low: float
+    ci_high: float
+    """Bootstrap interval of the threshold at :data:`CI_LEVEL`."""
+    expected_false_alarms_in_recording: float
+    """``n_periods · p_period``: how many exceedances the target rate predicts in the recorded audio."""
+    observed_exceedances: int
+    """Recorded normal periods above the threshold."""
+    extrapolated: bool
+    """The threshold lies beyond every recorded score (the target rate is rarer than the recording
+    can show directly): the fit, not the data, sets it."""
+    scores_summary: Mapping[str, float] = field(default_factory=dict)
+
+    def statement(self) -> str:
+        """A human-readable summary of the threshold and its uncertainty."""
+        hours = self.audio_s / 3600
+        lines = [
+            f"threshold {self.threshold:.6g} for {self.false_alarms_per_day:g} false alarm(s)/day "
+            f"at {self.period_s:g} s periods (p = {self.p_period:.3g} per period)",
+            f"fitted on {self.n_periods} periods ({hours:.2f} h of audio): gamma(shape {self.gamma_shape:.3g}, "
+            f"scale {self.gamma_scale:.3g}) over the top {self.tail_fraction:.0%} of scores (above {self.tail_cut:.6g})",
+            f"{CI_LEVEL:.0%} bootstrap interval of the threshold: [{self.ci_low:.6g}, {self.ci_high:.6g}]",
+            f"in the recorded audio the target rate expects {self.expected_false_alarms_in_recording:.3g} "
+            f"exceedance(s); observed {self.observed_exceedances}",
+        ]
+        if self.extrapolated:
+            lines.append(
+                "the threshold is an extrapolation beyond the highest recorded score: record more audio "
+                f"(about {math.ceil(1 / self.p_period * self.period_s / 3600)} h would show one expected exceedance) "
+                "for a data-backed estimate"
+            )
+        return "\n".join(lines)
+
+
+def _gamma_tail_threshold(scores: np.ndarray, p: float, tail_fraction: float) -> tuple[float, float, float, float]:
+    """Threshold ``t`` with ``P(score > t) = p`` from a gamma fitted to exceedances over a tail cut.
+
+    Returns ``(threshold, cut, shape, scale)``.
+    """
+    import scipy.stats
+
+    cut = float(np.quantile(scores, 1.0 - tail_fraction))
+    excess = scores[scores > cut] - cut
+    if excess.size < MIN_TAIL_POINTS or not np.ptp(excess) > 0:
+        raise ParameterError(
+            f"only {excess.size} distinct period scores above the tail cut; record more audio or use a "
+            "longer --seconds"
+        )
+    frac = excess.size / scores.size
+    shape, _, scale = scipy.stats.gamma.fit(excess, floc=0.0)
+    if p >= frac:
+        # The target is not in the tail: the empirical quantile is better supported than the fit.
+        return float(np.quantile(scores, 1.0 - p)), cut, float(shape), float(scale)
+    return cut + float(scipy.stats.gamma.isf(p / frac, shape, loc=0.0, scale=scale)), cut, float(shape), float(scale)
+
+
+def fit_threshold(
+    period_scores: Iterable[float],
+    *,
+    period_s: float,
+    false_alarms_per_day: float = 1.0,
+    tail_fraction: float = DEFAULT_TAIL_FRACTION,
+    n_bootstrap: int = DEFAULT_BOOTSTRAP,
+    seed: int = 0,
+) -> CalibrationResult:
+    """Fit the threshold for ``false_alarms_per_day`` to normal period scores.
+
+    Parameters
+    ----------
+    period_scores
+        Scores of normal periods (mean window score per period), shape ``(n_periods,)``.
+    period_s
+        Length of a period, seconds.
+    false_alarms_per_day
+        Target rate of normal periods above the threshold, per day.
+    tail_fraction
+        Fraction of the highest scores the gamma is fitted to, in (0, 1].
+    n_bootstrap
+        Bootstrap resamples for the interval (0: no interval).
+    seed
+        Bootstrap seed (the result is deterministic).
+
+    Raises
+    ------
+    ParameterError
+        Too few periods, non-finite scores, or parameters out of range.
+    """
+    scores = np.asarray(list(period_scores), dtype=np.float64)
+    if not (math.isfinite(period_s) and period_s > 0):
+        raise ParameterError(f"period_s must be > 0 seconds, got {period_s}")
+    if not (math.isfinite(false_alarms_per_day) and false_alarms_per_day > 0):
+        raise ParameterError(f"false_alarms_per_day must be > 0, got {false_alarms_per_day}")
+    if not 0 < tail_fraction <= 1:
+        raise ParameterError(f"tail_fraction must be in (0, 1], got {tail_fraction}")
+    if scores.size < MIN_PERIODS:
+        raise ParameterError(
+            f"{scores.size} period(s) of normal audio are too few to calibrate (need >= {MIN_PERIODS}, i.e. "
+            f">= {MIN_PERIODS * period_s:g} s at {period_s:g} s periods); record longer"
+        )
+    if not np.isfinite(scores).all():
+        raise ParameterError("period scores contain NaN or inf")
+    p = false_alarms_per_day * period_s / SECONDS_PER_DAY
+    if p >= 1:
+        raise ParameterError(
+            f"{false_alarms_per_day} false alarms/day at {period_s} s periods means every period alarms; lower the rate"
+        )
+    threshold, cut, shape, scale = _gamma_tail_threshold(scores, p, tail_fraction)
+    boots = []
+    rng = np.random.default_rng(seed)
+    for _ in range(n_bootstrap):
+        sample = scores[rng.integers(0, scores.size, scores.size)]
+        try:
+            boots.append(_gamma_tail_threshold(sample, p, tail_fraction)[0])
+        except ParameterError:
+            continue  # a resample with too few distinct tail points says nothing; skip it
+    alpha = (1 - CI_LEVEL) / 2
+    lo, hi = (float(np.quantile(boots, alpha)), float(np.quantile(boots, 1 - alpha))) if boots else (math.nan, math.nan)
+    return CalibrationResult(
+        threshold=threshold,
+        false_alarms_per_day=false_alarms_per_day,
+        period_s=period_s,
+        p_period=p,
+        n_periods=int(scores.size),
+        audio_s=float(scores.size * period_s),
+        tail_fraction=tail_fraction,
+        tail_cut=cut,
+        gamma_shape=shape,
+        gamma_scale=scale,
+        ci_low=lo,
+        ci_high=hi,
+        expected_false_alarms_in_recording=float(scores.size * p),
+        observed_exceedances=int((scores > threshold).sum()),
+        extrapolated=bool(threshold > scores.max()),
+        scores_summary={
+            "min": float(scores.min()), "median": float(np.median(scores)),
+            "max": float(scores.max()), "mean": float(scores.mean()), "std": float(scores.std()),
+        },
+    )
+
+
+def score_periods(detector: Any, source: Any, *, period_s: float, max_seconds: float | None = None) -> tuple[np.ndarray, float]:
+    """Score audio from ``source`` as the service does and return ``(period scores, audio seconds)``.
+
+    Reads until the source ends or ``max_seconds`` of audio were read. The last, partial period is
+    kept only if it holds at least half a period of windows' worth of time.
+    """
+    from edge_asd.service import StreamingScorer
+
+    scorer = StreamingScorer(detector, n_channels=source.n_channels)
+    averager = PeriodAverager(period_s)
+    periods: list[float] = []
+    n_samples = 0
+    limit = None if max_seconds is None else int(max_seconds * source.sr)
+    last_t = 0.0
+
+    def add(windows: list[tuple[float, float]]) -> None:
+        nonlocal last_t
+        for t, score in windows:
+            closed = averager.add(score, t)
+            last_t = t
+            if closed is not None:
+                periods.append(closed[2])
+
+    try:
+        for block in source.blocks():
+            if limit is not None and n_samples + block.shape[0] > limit:
+                block = block[: limit - n_samples]
+            n_samples += block.shape[0]
+            add(scorer.push(block))
+            if limit is not None and n_samples >= limit:
+                break
+    finally:
+        source.close()
+    add(scorer.flush())
+    closed = averager.flush()
+    if closed is not None and closed[1] - closed[0] >= period_s / 2:
+        periods.append(closed[2])
+    return np.asarray(periods, dtype=np.float64), n_samples / source.sr
+
+
+def threshold_record(result: CalibrationResult, *, input_desc: str, model: str) -> Any:
+    """The :class:`edge_asd.bundle.Threshold` to store for ``result``."""
+    from edge_asd.bundle import Threshold
+
+    details = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("threshold", "false_alarms_per_day", "period_s")}
+    # JSON has no NaN: an interval that could not be computed is stored as null.
+    details = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in details.items()}
+    details.update({"input": input_desc, "model": model, "ci_level": CI_LEVEL, "statement": result.statement()})
+    return Threshold(
+        value=result.threshold,
+        method="gamma-tail-fit",
+        source="device",
+        false_alarms_per_day=result.false_alarms_per_day,
+        period_s=result.period_s,
+        details=details,
+    )

@@ -1,0 +1,377 @@
+"""Where events go: stdout JSON lines (always), a SQLite store (durable), MQTT (fleet view).
+
+Every event carries a unique ``id``; a consumer that sees the same id twice has seen the same
+event twice (MQTT QoS 1 is at-least-once). The SQLite store doubles as the MQTT outbox: an event is
+stored first, then forwarded, and deleted from the outbox only after the broker acknowledged it,
+so a broker outage, a restart or a SIGTERM never loses an event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import sys
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Protocol, TextIO
+
+from edge_asd.errors import ConfigError, EdgeASDError
+
+__all__ = ["Event", "Sink", "StdoutSink", "SQLiteStore", "MqttForwarder", "StoreError", "new_event_id"]
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_S = 5.0
+"""How long a writer waits for another connection's lock, seconds."""
+FORWARD_IDLE_S = 0.5
+"""Forwarder poll interval when the outbox is empty or the broker is away, seconds."""
+PRUNE_EVERY = 100
+"""Prune delivered events after this many inserts (pruning is a table scan)."""
+
+
+class StoreError(EdgeASDError):
+    """The event store cannot be opened or written (disk full, permissions, corrupt file)."""
+
+
+def new_event_id() -> str:
+    """A globally unique event id (UUID4, hex)."""
+    return uuid.uuid4().hex
+
+
+def _utc_iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """An alarm event (``onset`` or ``back_to_normal``)."""
+
+    id: str
+    device: str
+    kind: str
+    time_utc: str
+    """Wall-clock time the event was raised (ISO 8601, UTC)."""
+    stream_time_s: float
+    """Seconds of audio since the service started when the deciding period ended."""
+    score: float
+    """Score of the deciding period."""
+    threshold: float
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, **kwargs: Any) -> "Event":
+        return cls(id=new_event_id(), time_utc=_utc_iso(time.time()), **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "event", **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+class Sink(Protocol):
+    """Something events are written to."""
+
+    def emit(self, event: Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class StdoutSink:
+    """One JSON object per line on stdout (the journal captures it under systemd)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        self.write_line(event.to_json())
+
+    def write_line(self, line: str) -> None:
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stream.flush()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    device TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    time_utc TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    attempts INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+
+class SQLiteStore:
+    """Durable local event store in WAL mode, bounded in size, with an MQTT outbox.
+
+    Parameters
+    ----------
+    path
+        Database file (created with its folder).
+    max_events
+        Delivered events kept; older ones are deleted. Events still in the outbox are never
+        deleted, so the bound can be exceeded while the broker is away (logged).
+    outbox
+        Put new events in the outbox (``True`` when MQTT forwarding is configured).
+
+    A write that fails (disk full, read-only file system) keeps the event in memory, logs an error
+    naming the event, and is retried on the next write; ``failed_writes`` counts failures.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, max_events: int = 100_000, outbox: bool = False) -> None:
+        self.path = Path(path)
+        self.max_events = max_events
+        self.outbox = outbox
+        self.failed_writes = 0
+        self._pending: list[Event] = []
+        self._inserts = 0
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # Events are rare and precious: make every commit durable against power loss too.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{self.path}: cannot open the event store ({exc}); check the path, permissions and free space") from exc
+
+    def emit(self, event: Event) -> None:
+        with self._lock:
+            self._pending.append(event)
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        while self._pending:
+            event = self._pending[0]
+            try:
+                with self._db:  # one transaction: the event and its outbox entry, or neither
+                    self._db.execute("BEGIN IMMEDIATE")
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO events (id, device, kind, time_utc, payload) VALUES (?, ?, ?, ?, ?)",
+                        (event.id, event.device, event.kind, event.time_utc, event.to_json()),
+                    )
+                    if self.outbox and cur.rowcount:
+                        self._db.execute("INSERT OR IGNORE INTO outbox (seq, id) VALUES (?, ?)", (cur.lastrowid, event.id))
+            except sqlite3.Error as exc:
+                self.failed_writes += 1
+                log.error(
+                    "event store %s: cannot write event %s (%s); %d event(s) held in memory, will retry "
+                    "(free disk space or fix permissions)", self.path, event.id, exc, len(self._pending)
+                )
+                return
+            self._pending.pop(0)
+            self._inserts += 1
+            if self._inserts % PRUNE_EVERY == 0:
+                self._prune()
+
+    def _prune(self) -> None:
+        try:
+            with self._db:
+                self._db.execute(
+                    "DELETE FROM events WHERE seq NOT IN (SELECT seq FROM outbox) AND seq <= "
+                    "(SELECT COALESCE(MAX(seq), 0) FROM events) - ?",
+                    (self.max_events,),
+                )
+            undelivered = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("event store %s: pruning failed (%s)", self.path, exc)
+            return
+        if undelivered > self.max_events:
+            log.warning("event store %s: %d undelivered events exceed store.max_events; the broker has been away long", self.path, undelivered)
+
+    @property
+    def pending_in_memory(self) -> int:
+        return len(self._pending)
+
+    def next_outbox(self, limit: int = 1) -> list[tuple[int, str, str]]:
+        """Oldest undelivered events as ``(seq, id, payload)``."""
+        with self._lock:
+            self._write_pending()
+            rows = self._db.execute(
+                "SELECT o.seq, o.id, e.payload FROM outbox o JOIN events e ON e.seq = o.seq ORDER BY o.seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(int(s), str(i), str(p)) for s, i, p in rows]
+
+    def mark_delivered(self, seq: int) -> None:
+        with self._lock:
+            try:
+                with self._db:
+                    self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+            except sqlite3.Error as exc:
+                # Not fatal: the event stays in the outbox and is sent again with the same id.
+                log.warning("event store %s: cannot mark event %d delivered (%s)", self.path, seq, exc)
+
+    def count_outbox(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def events(self) -> list[dict[str, Any]]:
+        """All stored events, oldest first (for tests and tools)."""
+        with self._lock:
+            rows = self._db.execute("SELECT payload FROM events ORDER BY seq").fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._write_pending()
+            if self._pending:
+                log.error("event store %s: %d event(s) could not be stored (see above); they were printed to stdout", self.path, len(self._pending))
+            self._db.close()
+
+
+class MqttForwarder:
+    """Publish outbox events to MQTT with QoS 1 from a background thread.
+
+    Events are sent one at a time in order; one leaves the outbox only when its PUBACK arrives. A
+    timeout or a lost connection sends it again with the same id (at-least-once delivery).
+
+    Parameters
+    ----------
+    config
+        An :class:`edge_asd.config.MqttConfig`.
+    device_id
+        Names the topics ``<prefix>/<device_id>/events`` and ``.../status``.
+    store
+        The :class:`SQLiteStore` holding the outbox.
+    """
+
+    def __init__(self, config: Any, *, device_id: str, store: SQLiteStore) -> None:
+        try:
+            import paho.mqtt.client as mqtt
+        except ImportError as exc:
+            raise ConfigError("mqtt.enabled = true but paho-mqtt is not installed; pip install 'edge-asd[device]'") from exc
+        self._mqtt = mqtt
+        self.config = config
+        self.store = store
+        self.topic = f"{config.topic_prefix}/{device_id}/events"
+        self.status_topic = f"{config.topic_prefix}/{device_id}/status"
+        self.published = 0
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=config.client_id or f"edge-asd-{device_id}",
+            clean_session=True,
+        )
+        if config.username is not None:
+            password = config.password
+            if config.password_file is not None:
+                try:
+                    password = Path(config.password_file).read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    raise ConfigError(f"mqtt.password_file: cannot read {config.password_file} ({exc})") from exc
+            client.username_pw_set(config.username, password)
+        if config.tls:
+            try:
+                client.tls_set(
+                    ca_certs=str(config.tls_ca_file) if config.tls_ca_file else None,
+                    certfile=str(config.tls_cert_file) if config.tls_cert_file else None,
+                    keyfile=str(config.tls_key_file) if config.tls_key_file else None,
+                )
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"mqtt.tls_*: cannot load the TLS files ({exc})") from exc
+        client.will_set(self.status_topic, "offline", qos=1, retain=True)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        self._client = client
+        self._thread = threading.Thread(target=self._forward, name="mqtt-forwarder", daemon=True)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT broker %s:%d refused the connection: %s", self.config.host, self.config.port, reason_code)
+            return
+        log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
+        client.publish(self.status_topic, "online", qos=1, retain=True)
+        self._wake.set()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if not self._stop.is_set():
+            log.warning("MQTT disconnected (%s); events are kept in the outbox until it is back", reason_code)
+
+    def start(self) -> None:
+        # connect_async + loop_start: the first connection is made by paho's thread, so a broker that
+        # is away at start-up does not stop the service; paho reconnects with back-off.
+        self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s)
+        self._client.loop_start()
+        self._thread.start()
+
+    def emit(self, event: Event) -> None:
+        """The event is already in the outbox (the store is emitted to first); just wake up."""
+        self._wake.set()
+
+    def _publish_one(self) -> bool:
+        """Send the oldest outbox event; ``True`` if it was acknowledged."""
+        rows = self.store.next_outbox(1)
+        if not rows or not self._client.is_connected():
+            return False
+        seq, event_id, payload = rows[0]
+        info = self._client.publish(self.topic, payload, qos=1)
+        if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
+            return False
+        deadline = time.monotonic() + self.config.publish_timeout_s
+        while not info.is_published() and time.monotonic() < deadline and self._client.is_connected():
+            info.wait_for_publish(timeout=0.2)
+        if not info.is_published():
+            log.warning("MQTT: no acknowledgement for event %s; it stays in the outbox and will be resent", event_id)
+            return False
+        self.store.mark_delivered(seq)
+        self.published += 1
+        return True
+
+    def _forward(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sent = self._publish_one()
+            except (RuntimeError, ValueError, OSError) as exc:
+                # paho raises these when the connection drops mid-publish; the event stays queued.
+                log.warning("MQTT publish failed (%s); retrying", exc)
+                sent = False
+            if not sent:
+                self._wake.wait(FORWARD_IDLE_S)
+                self._wake.clear()
+
+    def close(self) -> None:
+        """Try to deliver the outbox for ``flush_timeout_s``, then disconnect; the rest is sent next start."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        deadline = time.monotonic() + self.config.flush_timeout_s
+        while self.store.count_outbox() and time.monotonic() < deadline:
+            try:
+                if not self._publish_one():
+                    time.sleep(0.1)
+            except (RuntimeError, ValueError, OSError):
+                time.sleep(0.1)
+        left = self.store.count_outbox()
+        if left:
+            log.warning("MQTT: %d event(s) not yet delivered; kept in %s for the next start", left, self.store.path)
+        if self._client.is_connected():
+            info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout=1.0)
+            except (RuntimeError, ValueError):
+                pass  # best effort: the broker's last will says "offline" anyway
+        self._client.disconnect()
+        self._client.loop_stop()
