@@ -32,3 +32,6 @@ def dcase2020_samples() -> Path:
 @pytest.fixture
 def dcase2023_toycar() -> Path:
     return shared_data("dcase2023-toycar")
+
+# Real tiny model bundles (trainer issue 4): session fixtures ``tiny_wavs`` and ``tiny_bundle``.
+from tests.bundle_factory import tiny_bundle, tiny_wavs  # noqa: E402,F401

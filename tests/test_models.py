@@ -1,0 +1,79 @@
+"""Each model kind trains, exports to pure-builtin int8 TFLite (≤ 256 KB), and scores clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow")
+
+from edge_asd.bundle import read_bundle  # noqa: E402
+from edge_asd.detector import Detector  # noqa: E402
+from edge_asd.errors import ParameterError  # noqa: E402
+from tests.bundle_factory import make_bundle  # noqa: E402
+from trainer.export import check_builtin_int8, convert_models, model_ops  # noqa: E402
+from trainer.models import MODEL_KINDS, ModelConfig, build_model, default_window  # noqa: E402
+
+MAX_INT8_BYTES = 256 * 1024
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_kind_trains_exports_and_scores(kind, tmp_path, tiny_wavs):
+    path = make_bundle(tmp_path, kind=kind, train_wavs=tiny_wavs["normal"], epochs=1)
+    bundle = read_bundle(path)
+    ops = check_builtin_int8(bundle.model_path("int8"))
+    assert "FULLY_CONNECTED" in ops or "CONV_2D" in ops
+    assert bundle.model_path("int8").stat().st_size <= MAX_INT8_BYTES
+    label = bundle.model.classes[0] if bundle.model.score == "neg_log_prob" else None
+    from edge_asd.audio import read_wav
+
+    samples, sr = read_wav(tiny_wavs["anomaly"][0])
+    for which in ("int8", "float"):
+        score = Detector(bundle, model=which).score_clip(samples, sr=sr, class_label=label)
+        assert np.isfinite(score)
+
+
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_full_size_models_fit_the_budget(kind, tmp_path):
+    """At the benchmark's largest features (IMS: 64 mel + 24 sinc = 88) and default windows."""
+    n_frames, _ = default_window(kind)
+    cfg = ModelConfig(
+        kind=kind, n_frames=n_frames, n_features=88,
+        objective="id" if kind == "cnn-lstm" else "reconstruction", n_classes=26 if kind == "cnn-lstm" else 0,
+    )
+    twin = build_model(cfg, batch_size=1, unroll=True)
+    rng = np.random.default_rng(0)
+    twin.set_weights([w + 0.01 * rng.standard_normal(w.shape).astype(np.float32) for w in twin.get_weights()])
+    _, int8 = convert_models(twin, rng.standard_normal((16, n_frames, 88)).astype(np.float32))
+    path = tmp_path / "m.tflite"
+    path.write_bytes(int8)
+    assert len(int8) <= MAX_INT8_BYTES, f"{kind}: {len(int8) / 1024:.0f} KB"
+    ops = check_builtin_int8(path)
+    assert not any("WHILE" in op or "TENSOR_LIST" in op or "FLEX" in op.upper() for op in ops)
+
+
+@pytest.mark.parametrize("kind", ["lstm-ae", "cnn-lstm"])
+def test_unrolled_twin_matches_trained_lstm(kind):
+    """The export twin (UnrolledLSTM, batch 1) computes the same function as the Keras LSTM."""
+    cfg = ModelConfig(kind=kind, n_frames=8, n_features=24, objective="id" if kind == "cnn-lstm" else "reconstruction",
+                      n_classes=3 if kind == "cnn-lstm" else 0, width=8)
+    trained = build_model(cfg)
+    rng = np.random.default_rng(1)
+    trained.set_weights([w + 0.1 * rng.standard_normal(w.shape).astype(np.float32) for w in trained.get_weights()])
+    twin = build_model(cfg, batch_size=1, unroll=True)
+    twin.set_weights(trained.get_weights())
+    x = rng.standard_normal((3, 8, 24)).astype(np.float32)
+    a = trained.predict(x, verbose=0)
+    b = np.concatenate([twin.predict(x[i : i + 1], verbose=0) for i in range(3)])
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_model_config_validation():
+    with pytest.raises(ParameterError):
+        ModelConfig(kind="cnn-lstm", n_frames=8, n_features=8)  # classifier needs classes
+    with pytest.raises(ParameterError):
+        ModelConfig(kind="conv-ae", n_frames=8, n_features=8, objective="id", n_classes=2)
+    with pytest.raises(ParameterError):
+        ModelConfig(kind="mystery", n_frames=8, n_features=8)
+    with pytest.raises(ParameterError):
+        default_window("mystery")

@@ -1,0 +1,223 @@
+"""Evaluation: score test clips with a bundle's int8 and float TFLite models and compare them.
+
+Clip score = mean of the window scores, computed by :class:`edge_asd.detector.Detector` (the
+device's runtime and scoring code, LiteRT first), so a clip scores the same here and on the
+device. Features are computed once per clip with the device front end (cached) and fed to both
+models. The Keras model can be scored too, as a reference for the conversion.
+
+Float-vs-int8 parity = AUC and pAUC of both models on the same clips, and their differences.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import click
+import numpy as np
+
+from edge_asd.bundle import Bundle, read_bundle
+from edge_asd.detector import Detector, window_view
+from edge_asd.errors import ParameterError
+from trainer.datasets import Clip, attribute_group
+from trainer.features_cache import clip_features, default_cache_dir
+from trainer.metrics import auc, pauc
+
+__all__ = ["MODELS", "class_label_for", "score_clips", "keras_window_scores", "parity", "evaluate_clips", "markdown_summary"]
+
+MODELS = ("int8", "float")
+
+
+def class_label_for(bundle: Bundle, clip: Clip) -> str | None:
+    """The class a clip is scored against: its attribute group / machine ID for ``neg_log_prob``
+    bundles, ``None`` otherwise.
+
+    Raises
+    ------
+    ParameterError
+        The clip's group was never seen in training (no class to score against).
+    """
+    if bundle.model.score != "neg_log_prob":
+        return None
+    group = attribute_group(clip)
+    if group not in bundle.model.classes:
+        raise ParameterError(
+            f"{clip.path}: its class {group!r} is not one of the bundle's {len(bundle.model.classes)} "
+            "training classes; evaluate with clips of machines/sections the model was trained on"
+        )
+    return group
+
+
+def keras_window_scores(model: Any, windows: np.ndarray, bundle: Bundle, class_index: int | None) -> np.ndarray:
+    """Window scores of the Keras model on normalised windows (same definitions as the detector)."""
+    y = np.asarray(model.predict(windows, batch_size=256, verbose=0), dtype=np.float64)
+    if bundle.model.score == "reconstruction_mse":
+        return ((y.reshape(len(y), -1) - windows.reshape(len(windows), -1)) ** 2).mean(axis=1)
+    z = y - y.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    if bundle.model.score == "neg_log_prob":
+        return -log_p[:, class_index]
+    return np.exp(log_p[:, bundle.model.classes.index("anomaly")])
+
+
+def score_clips(
+    bundle: Bundle,
+    paths: Sequence[Path],
+    *,
+    class_labels: Sequence[str | None] | None = None,
+    models: Sequence[str] = MODELS,
+    keras_model: Any | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """Clip scores of wav files, one array per model (``"int8"``, ``"float"``, ``"keras"``).
+
+    Returns
+    -------
+    dict mapping model name to float64 ``(n_clips,)`` clip scores (higher = more anomalous).
+    """
+    detectors = {m: Detector(bundle, model=m) for m in models}  # type: ignore[arg-type]
+    labels = list(class_labels) if class_labels is not None else [None] * len(paths)
+    out = {m: np.empty(len(paths)) for m in detectors}
+    if keras_model is not None:
+        out["keras"] = np.empty(len(paths))
+    w = bundle.window
+    with click.progressbar(
+        list(enumerate(paths)), label=f"scoring {len(paths)} clips", file=None if progress else open(os.devnull, "w")
+    ) as bar:
+        for i, path in bar:
+            frames = clip_features(Path(path), bundle.features, cache_dir=cache_dir)
+            for m, det in detectors.items():
+                s = det.score_windows(frames, class_label=labels[i])
+                if s.size == 0:
+                    raise ParameterError(f"{path}: too short for one window of {w.n_frames} frames")
+                out[m][i] = s.mean()
+            if keras_model is not None:
+                det = next(iter(detectors.values()))
+                win = np.ascontiguousarray(window_view(det.normalize(frames), n_frames=w.n_frames, hop_frames=w.hop_frames))
+                idx = bundle.model.classes.index(labels[i]) if labels[i] is not None else None
+                out["keras"][i] = keras_window_scores(keras_model, win, bundle, idx).mean()
+    return out
+
+
+def parity(y_true: np.ndarray, scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """AUC and pAUC (DCASE definition, FPR ≤ 0.1) per model and the int8 − float differences."""
+    res: dict[str, Any] = {}
+    for m, s in scores.items():
+        res[f"auc_{m}"] = float(auc(y_true, s))
+        res[f"pauc_{m}"] = float(pauc(y_true, s))
+    if "int8" in scores and "float" in scores:
+        res["auc_int8_minus_float"] = res["auc_int8"] - res["auc_float"]
+        res["pauc_int8_minus_float"] = res["pauc_int8"] - res["pauc_float"]
+        res["score_corr_int8_float"] = float(np.corrcoef(scores["int8"], scores["float"])[0, 1])
+    return res
+
+
+def evaluate_clips(
+    bundle_path: str | os.PathLike,
+    clips: Sequence[Clip],
+    out_dir: str | os.PathLike,
+    *,
+    title: str = "evaluation",
+    protocol: str = "",
+    keras_model: Any | None = None,
+    cache_dir: Path | None = None,
+    store_in_bundle: bool = True,
+    progress: bool = True,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """Score labelled test clips with both models, write reports, return the JSON summary.
+
+    Writes ``out_dir/evaluation.json`` and ``out_dir/evaluation.md`` (parity table) and, through
+    :func:`trainer.report.write_report`, the DCASE-style CSVs and plots. With ``store_in_bundle``
+    the summary goes into ``bundle.json``'s ``metrics``.
+    """
+    bundle = read_bundle(bundle_path)
+    labelled = [c for c in clips if c.label in ("normal", "anomaly")]
+    if not labelled:
+        raise ParameterError("no labelled test clips (normal/anomaly) to evaluate")
+    y = np.array([c.is_anomaly for c in labelled], dtype=int)
+    if y.min() == y.max():
+        raise ParameterError("the test clips are all one label; AUC needs normal and anomalous clips")
+    class_labels = [class_label_for(bundle, c) for c in labelled]
+    scores = score_clips(
+        bundle,
+        [c.path for c in labelled],
+        class_labels=class_labels,
+        keras_model=keras_model,
+        cache_dir=cache_dir if cache_dir is not None else default_cache_dir(),
+        progress=progress,
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {
+        "title": title,
+        "protocol": protocol,
+        "bundle": str(Path(bundle_path)),
+        "model": bundle.model.kind,
+        "features": bundle.features.kind,
+        "n_test": {"normal": int((y == 0).sum()), "anomaly": int((y == 1).sum())},
+        **parity(y, scores),
+        "int8_size_bytes": bundle.model_path("int8").stat().st_size,
+        "threshold": bundle.threshold.value,
+        "scoring": "clip score = mean window score via edge_asd.detector.Detector (TFLite, LiteRT)",
+    }
+    # Per-group AUC (machine ID / section): the DCASE and MIMII tables.
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(labelled):
+        groups.setdefault(f"{c.machine}/{c.id}" if c.id else c.machine, []).append(i)
+    per_group = {}
+    for g, idx in groups.items():
+        yy = y[idx]
+        if yy.min() != yy.max():
+            per_group[g] = {m: float(auc(yy, s[idx])) for m, s in scores.items()}
+    summary["per_group_auc"] = per_group
+    rows = [
+        {"clip": c, "score": float(scores["int8"][i]), **{f"score_{m}": float(s[i]) for m, s in scores.items()}}
+        for i, c in enumerate(labelled)
+    ]
+    summary["report"] = _write_dcase_report(
+        rows, out, title=title, score_columns=tuple(f"score_{m}" for m in scores), plots=plots
+    )
+    (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "evaluation.md").write_text(markdown_summary(summary), encoding="utf-8")
+    if store_in_bundle:
+        from trainer.export import with_metrics
+
+        with_metrics(bundle, {"evaluation": {k: v for k, v in summary.items() if k != "report"}})
+    return summary
+
+
+def _write_dcase_report(
+    rows: list[dict[str, Any]], out: Path, *, title: str, score_columns: tuple[str, ...], plots: bool = True
+) -> Any:
+    """The trainer-data issue's reports: DCASE CSVs, result.csv, JSON, markdown, plots."""
+    from trainer.report import write_report
+
+    # rows: {"clip": Clip, "score": int8 score, "score_int8": ..., "score_float": ...}
+    return write_report(rows, out, title=title, score_columns=score_columns, plots=plots).to_dict()
+
+
+def markdown_summary(summary: Mapping[str, Any]) -> str:
+    """The parity table in markdown."""
+    lines = [
+        f"# {summary.get('title', 'evaluation')}",
+        "",
+        f"{summary.get('model')} on {summary.get('features')} features; protocol {summary.get('protocol') or '-'}; "
+        f"test clips: {summary['n_test']['normal']} normal, {summary['n_test']['anomaly']} anomalous. "
+        "Clip score = mean window score through the device runtime.",
+        "",
+        "| model | AUC | pAUC (FPR≤0.1) |",
+        "|---|---|---|",
+    ]
+    for m in ("float", "int8", "keras"):
+        if f"auc_{m}" in summary:
+            lines.append(f"| {m} | {summary[f'auc_{m}']:.4f} | {summary[f'pauc_{m}']:.4f} |")
+    if "auc_int8_minus_float" in summary:
+        lines.append(
+            f"| **int8 − float** | {summary['auc_int8_minus_float']:+.4f} | {summary['pauc_int8_minus_float']:+.4f} |"
+        )
+    lines += ["", f"int8 model: {summary.get('int8_size_bytes', 0) / 1024:.1f} KB", ""]
+    return "\n".join(lines)

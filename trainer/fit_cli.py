@@ -1,0 +1,178 @@
+"""``asd-train fit`` and ``asd-train evaluate``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+from edge_asd.errors import ParameterError
+from edge_asd.frontend import FeatureConfig
+
+__all__ = ["fit", "evaluate", "select_split", "fit_bundle"]
+
+LAYOUT_CHOICES = ["auto", "mimii", "dcase2020", "dcase", "folder"]
+PROTOCOL_CHOICES = ["mimii", "dcase", "supervised-8020", "holdout-n"]
+
+
+def select_split(
+    root: Path,
+    *,
+    layout: str = "auto",
+    machine: Sequence[str] = (),
+    ids: Sequence[str] = (),
+    snr: Sequence[float] = (),
+    protocol: str = "dcase",
+    seed: int = 0,
+    n: int | None = None,
+) -> tuple[list[Any], list[Any], str]:
+    """Read a data set, filter it and apply a protocol: ``(train clips, test clips, description)``.
+
+    Several groups (e.g. MIMII IDs) are merged into one training set: one model for all of them
+    (the ``id`` objective needs that; for an autoencoder it is one model per selection).
+    """
+    from trainer.datasets import filter_clips, read_dataset
+    from trainer.protocols import make_splits
+
+    clips = read_dataset(root, layout=layout)
+    clips = filter_clips(clips, machine=list(machine) or None, ids=list(ids) or None, snr_db=list(snr) or None)
+    if not clips:
+        raise ParameterError(f"{root}: no clips match machine={list(machine)} id={list(ids)} snr={list(snr)}")
+    splits = make_splits(clips, protocol, seed=seed, n=n)
+    train = sorted({c for s in splits for c in s.train}, key=lambda c: str(c.path))
+    test = sorted({c for s in splits for c in s.test}, key=lambda c: str(c.path))
+    return train, test, "; ".join(s.name for s in splits)
+
+
+def fit_bundle(
+    root: Path,
+    out: Path,
+    *,
+    layout: str = "auto",
+    machine: Sequence[str] = (),
+    ids: Sequence[str] = (),
+    snr: Sequence[float] = (),
+    model: str = "conv-ae",
+    objective: str | None = None,
+    features: FeatureConfig | None = None,
+    protocol: str = "dcase",
+    epochs: int = 20,
+    seed: int = 0,
+    run_evaluation: bool = True,
+    false_alarm_rate: float = 0.05,
+    cache_dir: Path | None = None,
+    log=click.echo,
+) -> dict[str, Any]:
+    """Train, export and (by default) evaluate; the library form of ``asd-train fit``.
+
+    Returns ``{"bundle": Path, "test_clips": [Clip], "evaluation": summary or None}``.
+    """
+    from trainer.datasets import attribute_group
+    from trainer.evaluate import evaluate_clips
+    from trainer.export import export_bundle
+    from trainer.train import TrainConfig, train
+
+    features = features or FeatureConfig()
+    train_clips, test_clips, split_name = select_split(
+        root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed
+    )
+    config = TrainConfig(model=model, objective=objective, epochs=epochs, seed=seed)
+    obj = config.resolved_objective
+    if obj == "supervised" and protocol != "supervised-8020":
+        raise ParameterError("the supervised objective needs --protocol supervised-8020 (it trains on anomalies)")
+    if obj == "reconstruction" or obj == "id":
+        train_clips = [c for c in train_clips if c.label == "normal"]
+    labels = None
+    if obj == "id":
+        labels = [attribute_group(c) for c in train_clips]
+    elif obj == "supervised":
+        labels = [c.label for c in train_clips]
+    log(f"{split_name}: {len(train_clips)} training clips, {len(test_clips)} test clips")
+    result = train([c.path for c in train_clips], features, config, labels=labels, cache_dir=cache_dir, log=log)
+    bundle = export_bundle(
+        result,
+        out,
+        false_alarm_rate=false_alarm_rate,
+        provenance={
+            "data_root": str(Path(root).resolve()),
+            "layout": layout,
+            "protocol": protocol,
+            "split": split_name,
+            "selection": {"machine": list(machine), "id": list(ids), "snr_db": list(snr)},
+        },
+    )
+    log(f"bundle written: {bundle.path} (int8 {bundle.model_path('int8').stat().st_size / 1024:.1f} KB)")
+    summary = None
+    if run_evaluation and test_clips:
+        summary = evaluate_clips(
+            bundle.path, test_clips, out / "report", title=f"{model} {features.kind} {split_name}",
+            protocol=protocol, keras_model=result.model, cache_dir=cache_dir,
+        )
+    return {"bundle": bundle.path, "test_clips": test_clips, "evaluation": summary, "train_result": result}
+
+
+def _common(f):
+    f = click.option("--layout", type=click.Choice(LAYOUT_CHOICES), default="auto", show_default=True)(f)
+    f = click.option("--machine", multiple=True, help="Machine type(s), e.g. fan (repeatable).")(f)
+    f = click.option("--id", "ids", multiple=True, help="Machine ID(s) / section(s), e.g. 00 (repeatable).")(f)
+    f = click.option("--snr", type=float, multiple=True, help="MIMII SNR(s) in dB (repeatable).")(f)
+    f = click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES), default=None, help="Evaluation protocol (default: mimii for MIMII data, else dcase).")(f)
+    f = click.option("--seed", type=int, default=0, show_default=True)(f)
+    return f
+
+
+def _default_protocol(root: Path, layout: str) -> str:
+    from trainer.datasets import detect_layout
+
+    found = detect_layout(root) if layout == "auto" else layout
+    return "mimii" if found == "mimii" else ("supervised-8020" if found == "folder" else "dcase")
+
+
+@click.command("fit")
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_common
+@click.option("--model", type=click.Choice(["dense-ae", "conv-ae", "lstm-ae", "cnn-lstm"]), default="conv-ae", show_default=True)
+@click.option("--objective", type=click.Choice(["id", "supervised"]), default=None, help="cnn-lstm only (default id).")
+@click.option("--features", "feature_kind", type=click.Choice(["logmel", "ims"]), default="logmel", show_default=True)
+@click.option("--n-mels", type=int, default=64, show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--false-alarm-rate", type=float, default=0.05, show_default=True, help="Fraction of validation normal clips above the exported threshold.")
+@click.option("--evaluate/--no-evaluate", "run_evaluation", default=True, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Feature cache (default ~/.cache/edge-asd/features).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle directory to write.")
+def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, model, objective, feature_kind, n_mels, epochs,
+        false_alarm_rate, run_evaluation, cache_dir, out) -> None:
+    """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    protocol = protocol or _default_protocol(data_root, layout)
+    res = fit_bundle(
+        data_root, out, layout=layout, machine=machine, ids=ids, snr=snr, model=model, objective=objective,
+        features=FeatureConfig(kind=feature_kind, n_mels=n_mels), protocol=protocol, epochs=epochs, seed=seed,
+        run_evaluation=run_evaluation, false_alarm_rate=false_alarm_rate, cache_dir=cache_dir,
+    )
+    if res["evaluation"]:
+        from trainer.evaluate import markdown_summary
+
+        click.echo(markdown_summary(res["evaluation"]))
+
+
+@click.command("evaluate")
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_common
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder (default BUNDLE/report).")
+@click.option("--no-store", is_flag=True, help="Do not write the metrics into bundle.json.")
+def evaluate(bundle: Path, data_root: Path, layout, machine, ids, snr, protocol, seed, out, no_store) -> None:
+    """Score DATA_ROOT's test clips with BUNDLE's int8 and float models (device runtime)."""
+    from edge_asd.bundle import read_bundle
+    from trainer.evaluate import evaluate_clips, markdown_summary
+
+    b = read_bundle(bundle)
+    protocol = protocol or b.provenance.get("protocol") or _default_protocol(data_root, layout)
+    _, test, name = select_split(data_root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed)
+    summary = evaluate_clips(bundle, test, out or bundle / "report", title=f"{b.model.kind} {name}", protocol=protocol, store_in_bundle=not no_store)
+    click.echo(markdown_summary(summary))
+    click.echo(json.dumps({k: summary[k] for k in ("auc_int8", "auc_float", "auc_int8_minus_float")}))
