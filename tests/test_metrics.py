@@ -1,0 +1,160 @@
+"""Metrics: hand-computed cases and agreement with scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
+
+from edge_asd.errors import ParameterError
+from trainer import metrics as M
+
+
+def mcclish(raw: float, max_fpr: float = 0.1) -> float:
+    """scikit-learn's standardisation of a raw pAUC (raw area / max_fpr)."""
+    area, lo, hi = raw * max_fpr, max_fpr**2 / 2, max_fpr
+    return 0.5 * (1 + (area - lo) / (hi - lo))
+
+
+def test_auc_hand_case() -> None:
+    # 4 normal/anomaly pairs: 3 of 4 ordered correctly
+    assert M.auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == pytest.approx(0.75)
+    assert M.auc([False, True], [0.0, 1.0]) == 1.0
+
+
+def test_pauc_hand_case_flat_segment() -> None:
+    # 10 normals 0..9, anomalies 9.5 and 4.5: TPR is 0.5 over FPR 0..0.1
+    y = [0] * 10 + [1, 1]
+    s = list(range(10)) + [9.5, 4.5]
+    assert M.pauc(y, s, definition="raw") == pytest.approx(0.5)
+    assert M.pauc(y, s) == pytest.approx(0.5 * (1 + (0.05 - 0.005) / (0.1 - 0.005)))  # 0.736842...
+    assert M.pauc(y, s) == pytest.approx(0.7368421052631579)
+
+
+def test_pauc_hand_case_interpolated() -> None:
+    # normals 0..3, anomalies 3 (tied with a normal) and 5. The ROC goes (0, .5) -> (.25, 1) on the
+    # tie, so TPR(0.1) = 0.7 by interpolation and the raw area is 0.1 * (0.5 + 0.7) / 2 = 0.06.
+    y = [0, 0, 0, 0, 1, 1]
+    s = [0, 1, 2, 3, 3, 5]
+    assert M.pauc(y, s, definition="raw") == pytest.approx(0.6)
+    assert M.pauc(y, s) == pytest.approx(mcclish(0.6))  # 0.789473...
+    assert M.pauc(y, s) == pytest.approx(0.7894736842105263)
+
+
+def test_pauc_dcase_is_sklearn_and_raw_relates_exactly() -> None:
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n = int(rng.integers(10, 200))
+        y = rng.random(n) < 0.3
+        y[:2] = [True, False]
+        s = rng.normal(size=n) + y * rng.uniform(0, 2)
+        if trial % 3 == 0:
+            s = np.round(s, 1)  # ties
+        for max_fpr in (0.1, 0.05, 0.3):
+            dcase = M.pauc(y, s, max_fpr=max_fpr)
+            assert dcase == roc_auc_score(y, s, max_fpr=max_fpr)
+            raw = M.pauc(y, s, max_fpr=max_fpr, definition="raw")
+            assert 0.0 <= raw <= 1.0
+            assert dcase == pytest.approx(mcclish(raw, max_fpr), abs=1e-12)
+
+
+def test_pauc_extremes() -> None:
+    y = [0, 0, 0, 1, 1]
+    assert M.pauc(y, [0, 1, 2, 3, 4]) == 1.0
+    assert M.pauc(y, [0, 1, 2, 3, 4], definition="raw") == 1.0
+    assert M.pauc(y, [4, 3, 2, 1, 0], definition="raw") == 0.0
+    assert M.pauc(y, [4, 3, 2, 1, 0]) == pytest.approx(mcclish(0.0))
+    s = [0.3, 0.1, 0.7, 0.2, 0.9]
+    assert M.pauc(y, s, max_fpr=1.0, definition="raw") == pytest.approx(M.auc(y, s))
+
+
+def test_metric_input_errors() -> None:
+    with pytest.raises(ParameterError, match="both normal and anomalous"):
+        M.auc([0, 0], [1.0, 2.0])
+    with pytest.raises(ParameterError, match="NaN"):
+        M.auc([0, 1], [1.0, np.nan])
+    with pytest.raises(ParameterError, match="max_fpr"):
+        M.pauc([0, 1], [0, 1], max_fpr=0.0)
+    with pytest.raises(ParameterError, match="definition"):
+        M.pauc([0, 1], [0, 1], definition="mcclish")  # type: ignore[arg-type]
+    with pytest.raises(ParameterError, match="0 \\(normal\\) and 1"):
+        M.auc([0, 2], [0, 1])
+    with pytest.raises(ParameterError, match="same length"):
+        M.auc([0, 1, 1], [0, 1])
+
+
+def test_per_group_auc_and_mauc() -> None:
+    y = [0, 1, 0, 1, 0, 1]
+    s = [0.1, 0.9, 0.8, 0.2, 0.4, 0.6]
+    g = ["id_00", "id_00", "id_02", "id_02", "id_04", "id_04"]
+    per = M.per_group_auc(y, s, g)
+    assert per == {"id_00": 1.0, "id_02": 0.0, "id_04": 1.0}
+    assert M.mauc(per) == 0.0
+    assert M.mauc([0.9, 0.7, 0.8]) == 0.7
+    with pytest.raises(ParameterError):
+        M.mauc({})
+
+
+def test_domain_auc_follows_the_dcase2023_rule() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1])
+    d = np.array(["source", "source", "target", "target", "source", "target", "target"])
+    s = np.array([0.1, 0.2, 0.7, 0.8, 0.5, 0.6, 0.9])
+    # source normals (0.1, 0.2) against all anomalies (0.5, 0.6, 0.9): perfect
+    assert M.domain_auc(y, s, d, "source") == 1.0
+    # target normals (0.7, 0.8) against all anomalies: 0.9 beats both, 0.5/0.6 beat none
+    assert M.domain_auc(y, s, d, "target") == pytest.approx(2 / 6)
+    keep = (d == "target") | (y == 1)
+    assert M.domain_auc(y, s, d, "target") == roc_auc_score(y[keep], s[keep])
+
+
+def test_dcase2023_official_score() -> None:
+    assert M.dcase2023_official_score([0.5], [1.0], [1.0]) == pytest.approx(0.75)  # 3 / (2 + 1 + 1)
+    values = ([0.8, 0.7], [0.6, 0.65], [0.55, 0.6])
+    assert M.dcase2023_official_score(*values) == pytest.approx(scipy.stats.hmean(np.concatenate(values)))
+    assert M.dcase2023_official_score([0.0], [1.0], [1.0]) < 1e-12  # floored at epsilon, not an error
+    with pytest.raises(ParameterError):
+        M.dcase2023_official_score([1.2], [0.5], [0.5])
+
+
+def test_threshold_metrics_hand_case_and_sklearn() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.6, 0.3, 0.55, 0.9, 0.4])
+    tm = M.threshold_metrics(y, s, 0.5)  # flagged: 0.6 (normal), 0.55, 0.9 (anomalies)
+    assert (tm.tn, tm.fp, tm.fn, tm.tp) == (3, 1, 1, 2)
+    assert tm.accuracy == pytest.approx(5 / 7)
+    assert tm.precision == pytest.approx(2 / 3) and tm.recall == pytest.approx(2 / 3)
+    assert tm.f1 == pytest.approx(f1_score(y, s > 0.5))
+    assert tm.false_positive_rate == pytest.approx(0.25)
+    np.testing.assert_array_equal(tm.confusion_matrix, confusion_matrix(y, s > 0.5))
+    # a score equal to the threshold is not flagged
+    assert M.threshold_metrics([0, 1], [0.5, 0.7], 0.5).fp == 0
+    nothing = M.threshold_metrics([0, 0], [0.1, 0.2], 1.0)
+    assert (nothing.precision, nothing.recall, nothing.accuracy) == (0.0, 0.0, 1.0)
+
+
+def test_youden_threshold_reaches_the_best_roc_point() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        y = rng.random(60) < 0.4
+        y[:2] = [True, False]
+        s = np.round(rng.normal(size=60) + 1.2 * y, 1)
+        fpr, tpr, _ = roc_curve(y, s)
+        thr = M.youden_threshold(y, s)
+        tm = M.threshold_metrics(y, s, thr)
+        assert tm.recall - tm.false_positive_rate == pytest.approx(np.max(tpr - fpr))
+        assert not np.any(s == thr)  # half-way between scores, never on one
+    # perfectly separated: the threshold lies between the classes
+    assert 0.3 < M.youden_threshold([0, 0, 1, 1], [0.1, 0.3, 0.7, 0.9]) < 0.7
+
+
+def test_false_alarms_per_hour() -> None:
+    scores = np.zeros(3600)
+    scores[:5] = 2.0
+    assert M.false_alarms_per_hour(scores, 1.0, 10.0) == pytest.approx(0.5)  # 5 alarms in 10 h
+    assert M.false_alarms_per_hour([0.0, 2.0], 1.0, [1800.0, 1800.0]) == pytest.approx(1.0)
+    assert M.false_alarms_per_hour([0.0, 2.0], 2.0, 10.0) == 0.0
+    with pytest.raises(ParameterError):
+        M.false_alarms_per_hour([0.0], 1.0, 0.0)
+    with pytest.raises(ParameterError):
+        M.false_alarms_per_hour([0.0, 1.0], 1.0, [1.0, 2.0, 3.0])

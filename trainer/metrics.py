@@ -1,0 +1,314 @@
+"""Detection metrics, computed with scikit-learn exactly as the DCASE Task 2 evaluators do.
+
+Convention everywhere: ``y_true`` is 1 (or ``True``) for an anomalous clip and 0 for a normal one;
+a higher score means more anomalous; at an operating threshold a clip is flagged when
+``score > threshold`` (the PyOD convention the detector follows).
+
+pAUC, which definition
+----------------------
+The official DCASE 2020-2024 Task 2 evaluators (``dcase2020_task2_evaluator/evaluator.py``,
+``dcase2023_task2_evaluator.py``, ``dcase2024_task2_evaluator.py``) all compute
+``sklearn.metrics.roc_auc_score(y_true, y_pred, max_fpr=0.1)``: scikit-learn's *McClish-standardised*
+partial AUC, ``0.5 * (1 + (A - A_min) / (A_max - A_min))`` with ``A`` the raw area under the ROC curve
+for FPR in [0, 0.1], ``A_min = 0.1**2 / 2`` and ``A_max = 0.1``. That is what every published DCASE
+number is, so it is :func:`pauc`'s default (``definition="dcase"``).
+
+The DCASE task-description papers instead *write* pAUC as the raw partial area divided by
+``max_fpr`` (``A / 0.1``: 0 for the worst detector, 1 for a perfect one, 0.1 for a random one).
+``definition="raw"`` gives that value, computed from :func:`sklearn.metrics.roc_curve` with the ROC
+curve interpolated linearly at ``FPR = max_fpr`` (the same interpolation scikit-learn uses before
+standardising). The two are related exactly by
+``dcase = 0.5 * (1 + (raw * max_fpr - max_fpr**2 / 2) / (max_fpr - max_fpr**2 / 2))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.stats
+from numpy.typing import ArrayLike
+from sklearn import metrics as skm
+
+from edge_asd.errors import ParameterError
+
+__all__ = [
+    "MAX_FPR",
+    "ThresholdMetrics",
+    "auc",
+    "dcase2023_official_score",
+    "domain_auc",
+    "false_alarms_per_hour",
+    "mauc",
+    "pauc",
+    "per_group_auc",
+    "threshold_metrics",
+    "youden_threshold",
+]
+
+MAX_FPR = 0.1
+"""The false-positive-rate limit of pAUC in DCASE Task 2."""
+
+_EPS = np.finfo(float).eps  # the DCASE 2023/2024 evaluators floor values at sys.float_info.epsilon before hmean
+
+
+def _labels_scores(y_true: ArrayLike, y_score: ArrayLike, *, need_both: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true)
+    s = np.asarray(y_score, dtype=np.float64)
+    if y.ndim != 1 or s.ndim != 1 or y.shape != s.shape:
+        raise ParameterError(f"y_true and y_score must be 1-D of the same length, got shapes {y.shape} and {s.shape}")
+    if y.dtype != bool:
+        if not np.isin(y, (0, 1)).all():
+            raise ParameterError("y_true must hold 0 (normal) and 1 (anomaly) only")
+        y = y.astype(bool)
+    if not np.isfinite(s).all():
+        raise ParameterError("y_score holds NaN or infinite values; a clip that cannot be scored is an error, not a score")
+    if need_both and (y.all() or not y.any()):
+        raise ParameterError(
+            f"AUC needs both normal and anomalous clips; got {int((~y).sum())} normal and {int(y.sum())} anomalous"
+        )
+    return y, s
+
+
+def auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
+    """Area under the ROC curve (``sklearn.metrics.roc_auc_score``).
+
+    Parameters
+    ----------
+    y_true : array-like of {0, 1} or bool, shape (n_clips,)
+        1 for anomalous clips.
+    y_score : array-like of float, shape (n_clips,)
+        Anomaly scores, higher is more anomalous.
+
+    Returns
+    -------
+    float in [0, 1]; 0.5 is chance.
+    """
+    y, s = _labels_scores(y_true, y_score)
+    return float(skm.roc_auc_score(y, s))
+
+
+def _raw_partial_area(y: np.ndarray, s: np.ndarray, max_fpr: float) -> float:
+    """Raw area under the ROC curve over FPR in [0, max_fpr], interpolated at max_fpr."""
+    fpr, tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    stop = int(np.searchsorted(fpr, max_fpr, side="right"))
+    if stop == len(fpr):  # max_fpr == 1: the whole curve
+        return float(skm.auc(fpr, tpr))
+    # Linear interpolation between the two ROC points either side of max_fpr (as scikit-learn does).
+    tpr_at = np.interp(max_fpr, fpr[stop - 1 : stop + 1], tpr[stop - 1 : stop + 1])
+    return float(skm.auc(np.append(fpr[:stop], max_fpr), np.append(tpr[:stop], tpr_at)))
+
+
+def pauc(
+    y_true: ArrayLike,
+    y_score: ArrayLike,
+    *,
+    max_fpr: float = MAX_FPR,
+    definition: Literal["dcase", "raw"] = "dcase",
+) -> float:
+    """Partial AUC over false-positive rates up to ``max_fpr``.
+
+    Parameters
+    ----------
+    y_true, y_score
+        As in :func:`auc`.
+    max_fpr
+        Upper FPR limit, in (0, 1]. DCASE uses 0.1.
+    definition
+        ``"dcase"`` (default): what the official DCASE 2020-2024 evaluators compute,
+        ``sklearn.metrics.roc_auc_score(y_true, y_score, max_fpr=max_fpr)`` - McClish-standardised,
+        0.5 for a random detector, 1 for a perfect one. ``"raw"``: the task papers' formula, the raw
+        partial area (from ``sklearn.metrics.roc_curve``, interpolated at ``max_fpr``) divided by
+        ``max_fpr`` - ``max_fpr / 2`` for a random detector, 1 for a perfect one. See the module
+        docstring for the exact relation.
+
+    Returns
+    -------
+    float in [0, 1].
+    """
+    if not 0.0 < max_fpr <= 1.0:
+        raise ParameterError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    y, s = _labels_scores(y_true, y_score)
+    if definition == "dcase":
+        return float(skm.roc_auc_score(y, s, max_fpr=max_fpr))
+    if definition == "raw":
+        return _raw_partial_area(y, s, max_fpr) / max_fpr
+    raise ParameterError(f"definition must be 'dcase' or 'raw', got {definition!r}")
+
+
+def per_group_auc(y_true: ArrayLike, y_score: ArrayLike, groups: ArrayLike) -> dict[str, float]:
+    """AUC of each group (e.g. machine ID) separately, ``{group: auc}`` sorted by group name."""
+    y, s = _labels_scores(y_true, y_score, need_both=False)
+    g = np.asarray(groups).astype(str)
+    if g.shape != y.shape:
+        raise ParameterError(f"groups must have the same length as y_true, got {g.shape} and {y.shape}")
+    return {name: auc(y[g == name], s[g == name]) for name in sorted(set(g.tolist()))}
+
+
+def mauc(aucs: Mapping[str, float] | Sequence[float]) -> float:
+    """DCASE 2020's mAUC: the AUC of the *worst* machine ID of a machine type (a minimum, not a mean).
+
+    Parameters
+    ----------
+    aucs
+        Per-ID AUCs of one machine type, e.g. the output of :func:`per_group_auc`.
+    """
+    values = list(aucs.values()) if isinstance(aucs, Mapping) else list(aucs)
+    if not values:
+        raise ParameterError("mAUC needs at least one per-ID AUC")
+    return float(min(values))
+
+
+def domain_auc(y_true: ArrayLike, y_score: ArrayLike, domains: ArrayLike, domain: str) -> float:
+    """AUC for one domain of a DCASE 2021+ section, as the DCASE 2023/2024 evaluators compute it.
+
+    The evaluators keep the normal clips *of that domain* and the anomalous clips *of both domains*
+    (``(y_domain == domain) | (y_true != 0)``), so AUC (source) and AUC (target) share the anomalies.
+
+    Parameters
+    ----------
+    y_true, y_score
+        As in :func:`auc`, for one section.
+    domains : array-like of str, shape (n_clips,)
+        ``"source"`` or ``"target"`` per clip.
+    domain
+        The domain to score.
+    """
+    y, s = _labels_scores(y_true, y_score, need_both=False)
+    d = np.asarray(domains).astype(str)
+    if d.shape != y.shape:
+        raise ParameterError(f"domains must have the same length as y_true, got {d.shape} and {y.shape}")
+    keep = (d == domain) | y
+    return auc(y[keep], s[keep])
+
+
+def dcase2023_official_score(
+    auc_source: Sequence[float], auc_target: Sequence[float], pauc_values: Sequence[float]
+) -> float:
+    """DCASE 2023 (and 2024) official score: the harmonic mean over all AUC (source), AUC (target) and pAUC.
+
+    Each sequence has one value per machine type and section (pAUC is over both domains of a
+    section). As the evaluator does, values are floored at machine epsilon before
+    ``scipy.stats.hmean``, so one AUC of 0 gives a score near 0 instead of an error.
+    """
+    values = np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in (auc_source, auc_target, pauc_values)])
+    if values.size == 0:
+        raise ParameterError("the official score needs at least one AUC or pAUC value")
+    if not np.all((values >= 0) & (values <= 1)):
+        raise ParameterError("AUC and pAUC values must lie in [0, 1]")
+    return float(scipy.stats.hmean(np.maximum(values, _EPS)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThresholdMetrics:
+    """Decisions at one threshold (``score > threshold`` is flagged anomalous)."""
+
+    threshold: float
+    """The threshold, in score units."""
+    accuracy: float
+    precision: float
+    """Flagged clips that are anomalous; 0 when nothing is flagged."""
+    recall: float
+    """Anomalous clips that are flagged (true-positive rate)."""
+    f1: float
+    false_positive_rate: float
+    """Normal clips that are flagged."""
+    tn: int
+    fp: int
+    fn: int
+    tp: int
+
+    @property
+    def confusion_matrix(self) -> np.ndarray:
+        """``[[tn, fp], [fn, tp]]``: rows are the truth (normal, anomaly), columns the decision."""
+        return np.array([[self.tn, self.fp], [self.fn, self.tp]], dtype=np.int64)
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "threshold": self.threshold,
+            "accuracy": self.accuracy,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "false_positive_rate": self.false_positive_rate,
+            "tn": self.tn,
+            "fp": self.fp,
+            "fn": self.fn,
+            "tp": self.tp,
+        }
+
+
+def threshold_metrics(y_true: ArrayLike, y_score: ArrayLike, threshold: float) -> ThresholdMetrics:
+    """Accuracy, precision, recall, F1 and the confusion matrix at ``threshold`` (scikit-learn).
+
+    Works with one class only (e.g. all normal), where precision/recall/F1 fall to 0 instead of
+    warning.
+    """
+    y, s = _labels_scores(y_true, y_score, need_both=False)
+    if y.size == 0:
+        raise ParameterError("threshold metrics need at least one clip")
+    pred = s > threshold
+    tn, fp, fn, tp = (int(v) for v in skm.confusion_matrix(y, pred, labels=[False, True]).ravel())
+    return ThresholdMetrics(
+        threshold=float(threshold),
+        accuracy=float(skm.accuracy_score(y, pred)),
+        precision=float(skm.precision_score(y, pred, zero_division=0)),
+        recall=float(skm.recall_score(y, pred, zero_division=0)),
+        f1=float(skm.f1_score(y, pred, zero_division=0)),
+        false_positive_rate=fp / (fp + tn) if fp + tn else 0.0,
+        tn=tn,
+        fp=fp,
+        fn=fn,
+        tp=tp,
+    )
+
+
+def youden_threshold(y_true: ArrayLike, y_score: ArrayLike) -> float:
+    """The threshold maximising Youden's J = TPR - FPR on labelled clips.
+
+    Chosen on the ROC curve of ``sklearn.metrics.roc_curve`` and returned half-way between the
+    optimal score and the next lower one, so that ``score > threshold`` reproduces the optimal ROC
+    point exactly and generalises a little better than a threshold sitting on a clip's score. It is
+    fitted on the labels it is then evaluated on, so metrics at this threshold are optimistic.
+    """
+    y, s = _labels_scores(y_true, y_score)
+    fpr, tpr, thresholds = skm.roc_curve(y, s, drop_intermediate=False)
+    k = int(np.argmax(tpr - fpr))  # first maximum: the highest such threshold, fewest false alarms
+    if k == 0:  # J = 0 everywhere: flag nothing
+        return float(thresholds[1])
+    if k + 1 < len(thresholds):
+        return float((thresholds[k] + thresholds[k + 1]) / 2.0)
+    return float(np.nextafter(thresholds[k], -np.inf))
+
+
+def false_alarms_per_hour(normal_scores: ArrayLike, threshold: float, clip_duration_s: float | ArrayLike) -> float:
+    """False alarms per hour of normal audio: flagged normal clips / hours of normal audio scored.
+
+    Parameters
+    ----------
+    normal_scores : array-like of float, shape (n_clips,)
+        Scores of clips known to be normal (e.g. recorded at the mounting site).
+    threshold
+        Flag when ``score > threshold``.
+    clip_duration_s
+        Duration of each clip in seconds: one value for all, or one per clip.
+
+    Returns
+    -------
+    float, alarms per hour.
+    """
+    s = np.asarray(normal_scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise ParameterError("normal_scores must be a non-empty 1-D array")
+    if not np.isfinite(s).all():
+        raise ParameterError("normal_scores hold NaN or infinite values")
+    try:
+        durations = np.broadcast_to(np.asarray(clip_duration_s, dtype=np.float64), s.shape)
+    except ValueError as exc:
+        raise ParameterError(f"clip_duration_s must be one value or one per clip ({s.size}): {exc}") from exc
+    if not (durations > 0).all():
+        raise ParameterError("clip_duration_s must be > 0")
+    hours = float(durations.sum()) / 3600.0
+    return float(np.count_nonzero(s > threshold)) / hours
