@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import click
 import numpy as np
@@ -30,9 +30,9 @@ __all__ = ["MODELS", "class_label_for", "score_clips", "keras_window_scores", "p
 MODELS = ("int8", "float")
 
 
-def class_label_for(bundle: Bundle, clip: Clip) -> str | None:
-    """The class a clip is scored against: its attribute group / machine ID for ``neg_log_prob``
-    bundles, ``None`` otherwise.
+def class_label_for(bundle: Bundle, clip: Clip, class_label: Callable[[Clip], str] = attribute_group) -> str | None:
+    """The class a clip is scored against: ``class_label(clip)`` (by default its attribute group /
+    machine ID, the same function training used) for ``neg_log_prob`` bundles, ``None`` otherwise.
 
     Raises
     ------
@@ -41,7 +41,7 @@ def class_label_for(bundle: Bundle, clip: Clip) -> str | None:
     """
     if bundle.model.score != "neg_log_prob":
         return None
-    group = attribute_group(clip)
+    group = class_label(clip)
     if group not in bundle.model.classes:
         raise ParameterError(
             f"{clip.path}: its class {group!r} is not one of the bundle's {len(bundle.model.classes)} "
@@ -127,8 +127,12 @@ def evaluate_clips(
     store_in_bundle: bool = True,
     progress: bool = True,
     plots: bool = True,
+    class_label: Callable[[Clip], str] | None = None,
 ) -> dict[str, Any]:
     """Score labelled test clips with both models, write reports, return the JSON summary.
+
+    ``class_label`` maps a clip to its class for ``neg_log_prob`` bundles; it must be the function
+    the labels were made with at training (default :func:`trainer.datasets.attribute_group`).
 
     Writes ``out_dir/evaluation.json`` and ``out_dir/evaluation.md`` (parity table) and, through
     :func:`trainer.report.write_report`, the DCASE-style CSVs and plots. With ``store_in_bundle``
@@ -141,7 +145,7 @@ def evaluate_clips(
     y = np.array([c.is_anomaly for c in labelled], dtype=int)
     if y.min() == y.max():
         raise ParameterError("the test clips are all one label; AUC needs normal and anomalous clips")
-    class_labels = [class_label_for(bundle, c) for c in labelled]
+    class_labels = [class_label_for(bundle, c, class_label or attribute_group) for c in labelled]
     scores = score_clips(
         bundle,
         [c.path for c in labelled],

@@ -61,6 +61,7 @@ def fit_bundle(
     protocol: str = "dcase",
     epochs: int = 20,
     seed: int = 0,
+    normalization: str = "per-feature",
     run_evaluation: bool = True,
     false_alarm_rate: float = 0.05,
     cache_dir: Path | None = None,
@@ -79,7 +80,7 @@ def fit_bundle(
     train_clips, test_clips, split_name = select_split(
         root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed
     )
-    config = TrainConfig(model=model, objective=objective, epochs=epochs, seed=seed)
+    config = TrainConfig(model=model, objective=objective, epochs=epochs, seed=seed, normalization=normalization)
     obj = config.resolved_objective
     if obj == "supervised" and protocol != "supervised-8020":
         raise ParameterError("the supervised objective needs --protocol supervised-8020 (it trains on anomalies)")
@@ -139,19 +140,22 @@ def _default_protocol(root: Path, layout: str) -> str:
 @click.option("--features", "feature_kind", type=click.Choice(["logmel", "ims"]), default="logmel", show_default=True)
 @click.option("--n-mels", type=int, default=64, show_default=True)
 @click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--normalization", type=click.Choice(["per-feature", "global"]), default="per-feature", show_default=True,
+              help="Standardise each band, or centre each band and use one common scale (the DCASE baseline's raw dB; "
+                   "better on ToyCar, see benchmarks/toycar.py).")
 @click.option("--false-alarm-rate", type=float, default=0.05, show_default=True, help="Fraction of validation normal clips above the exported threshold.")
 @click.option("--evaluate/--no-evaluate", "run_evaluation", default=True, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Feature cache (default ~/.cache/edge-asd/features).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle directory to write.")
 def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, model, objective, feature_kind, n_mels, epochs,
-        false_alarm_rate, run_evaluation, cache_dir, out) -> None:
+        normalization, false_alarm_rate, run_evaluation, cache_dir, out) -> None:
     """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     protocol = protocol or _default_protocol(data_root, layout)
     res = fit_bundle(
         data_root, out, layout=layout, machine=machine, ids=ids, snr=snr, model=model, objective=objective,
         features=FeatureConfig(kind=feature_kind, n_mels=n_mels), protocol=protocol, epochs=epochs, seed=seed,
-        run_evaluation=run_evaluation, false_alarm_rate=false_alarm_rate, cache_dir=cache_dir,
+        normalization=normalization, run_evaluation=run_evaluation, false_alarm_rate=false_alarm_rate, cache_dir=cache_dir,
     )
     if res["evaluation"]:
         from trainer.evaluate import markdown_summary

@@ -56,6 +56,10 @@ class TrainConfig:
     """Early stopping: epochs without a better validation loss before stopping."""
     max_train_windows: int | None = 150_000
     """Random subsample of training windows above this count (bounds memory and epoch time)."""
+    normalization: str = "per-feature"
+    """``"per-feature"``: each band standardised with its own mean and std. ``"global"``: each band
+    centred on its own mean but all scaled by one std over every band, so loud bands keep their
+    weight in the reconstruction error, as in the DCASE baseline, which feeds raw dB."""
     balance_classes: bool = True
     """Classifier objectives: weight the loss so every class counts equally. Without it, a class
     with few training clips gets low confidence, and ``−log p`` then ranks its *normal* clips as
@@ -67,6 +71,8 @@ class TrainConfig:
             raise ParameterError(f"model must be one of {MODEL_KINDS}, got {self.model!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ParameterError("epochs and batch_size must be >= 1")
+        if self.normalization not in ("per-feature", "global"):
+            raise ParameterError(f"normalization must be 'per-feature' or 'global', got {self.normalization!r}")
         if not 0 <= self.val_fraction < 1:
             raise ParameterError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -219,10 +225,11 @@ def train(
 
     train_frames = [f for f, v in zip(frames, val_mask) if not v]
     stacked = np.concatenate(train_frames).astype(np.float64)
-    norm = Normalization(
-        mean=tuple(float(v) for v in stacked.mean(axis=0)),
-        std=tuple(float(v) for v in np.maximum(stacked.std(axis=0), STD_FLOOR_DB)),
-    )
+    mean = stacked.mean(axis=0)
+    std = np.maximum(stacked.std(axis=0), STD_FLOOR_DB)
+    if config.normalization == "global":
+        std = np.full_like(std, max(float((stacked - mean).std()), STD_FLOOR_DB))
+    norm = Normalization(mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
     del stacked
     class_of = {c: i for i, c in enumerate(classes)}
     train_idx = np.flatnonzero(~val_mask)
