@@ -357,20 +357,28 @@ def bench(bundle, model, seconds, channels, repeats, num_threads, class_label) -
     click.echo(f"real-time factor  {best / seconds:.5f} (best), {med / seconds:.5f} (median)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the CLI, turning expected errors into one line and exit code 1."""
+def run_cli(group: click.Group, prog_name: str, argv: list[str] | None = None) -> None:
+    """Run a click group, turning expected errors (:class:`EdgeASDError`) into one line on stderr
+    and exit code 1; shared by ``edge-asd`` and ``asd-train``."""
     try:
-        rv = cli.main(args=argv, prog_name="edge-asd", standalone_mode=False)
+        rv = group.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
     except EdgeASDError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``edge-asd``."""
+    run_cli(cli, "edge-asd", argv)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,10 @@ Each sub-command lives beside the code it drives and is imported only when used,
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from edge_asd import __version__
-from edge_asd.errors import EdgeASDError
+from edge_asd.cli import run_cli
 
 _COMMANDS = {
     # name: (module, attribute, short help)
@@ -60,20 +58,9 @@ def cli() -> None:
     """Train anomalous-sound detectors on normal machine sound and export int8 model bundles."""
 
 
-def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except EdgeASDError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``asd-train``."""
+    run_cli(cli, "asd-train", argv)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def pcm_to_float32(data: np.ndarray) -> np.ndarray:
     raise ParameterError(f"unsupported sample type {data.dtype}")
 
 
-def _read_raw(path: Path) -> tuple[int, np.ndarray]:
+def _read_raw(path: Path, *, mmap: bool = False) -> tuple[int, np.ndarray]:
     if not path.exists():
         raise AudioFileError(f"{path}: no such file; check the path")
     if path.is_dir():
@@ -49,7 +49,7 @@ def _read_raw(path: Path) -> tuple[int, np.ndarray]:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            sr, data = scipy.io.wavfile.read(path, mmap=False)
+            sr, data = scipy.io.wavfile.read(path, mmap=mmap)
     except PermissionError as exc:
         raise AudioFileError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from exc
     except (ValueError, struct.error, EOFError, OSError, IndexError) as exc:
@@ -65,8 +65,15 @@ def _read_raw(path: Path) -> tuple[int, np.ndarray]:
 
 
 def wav_info(path: str | os.PathLike) -> tuple[int, int, int]:
-    """Return ``(sr, n_channels, n_samples)`` of a wav file, checking that it is readable."""
-    sr, data = _read_raw(Path(path))
+    """Return ``(sr, n_channels, n_samples)`` of a wav file, checking that its header is readable.
+
+    The samples are memory-mapped, not decoded, so listing a folder of long files stays cheap;
+    24-bit files (which scipy cannot map) are read in full.
+    """
+    try:
+        sr, data = _read_raw(Path(path), mmap=True)
+    except AudioFileError:
+        sr, data = _read_raw(Path(path))
     n_channels = 1 if data.ndim == 1 else data.shape[1]
     return sr, n_channels, data.shape[0]
 
