@@ -1,6 +1,6 @@
 """``asd-train demo``: the end-to-end run on built-in synthetic data.
 
-Generates a small MIMII-like data set (one fan, 6 dB, 60 normal + 20 abnormal clips of 4 s,
+Generates a small MIMII-like data set (one fan, 6 dB, 60 normal + 20 abnormal clips of 10 s,
 mono), trains a ``conv-ae`` on log-Mel features with the ``mimii`` protocol, exports float and int8
 models into a bundle, scores the test clips with both through the device runtime, prints the AUC
 table with the int8 − float difference, and finally streams normal → anomalous → normal test clips
@@ -26,7 +26,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_PROFILE = REPO / "firmware_config" / "default.toml"
 
 
-def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, log=click.echo) -> dict[str, Any]:
+def run_demo(
+    out_dir: str | os.PathLike,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    machine: str = "fan",
+    duration_s: float = 10.0,
+    log=click.echo,
+) -> dict[str, Any]:
     """Run the demo into ``out_dir``.
 
     Returns
@@ -44,10 +52,10 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
     out = Path(out_dir)
     data = out / "data"
     n_normal, n_abnormal = (30, 10) if quick else (60, 20)
-    log(f"generating {n_normal} normal + {n_abnormal} abnormal synthetic fan clips (4 s, 6 dB) in {data}")
+    log(f"generating {n_normal} normal + {n_abnormal} abnormal synthetic {machine} clips ({duration_s:g} s, 6 dB) in {data}")
     generate_dataset(
-        data, machines=["fan"], ids=["00"], snrs_db=[6.0], n_normal=n_normal, n_abnormal=n_abnormal,
-        channels=1, duration_s=4.0, seed=seed,
+        data, machines=[machine], ids=["00"], snrs_db=[6.0], n_normal=n_normal, n_abnormal=n_abnormal,
+        channels=1, duration_s=duration_s, seed=seed,
     )
     res = fit_bundle(
         data,
@@ -72,8 +80,11 @@ def run_demo(out_dir: str | os.PathLike, *, quick: bool = False, seed: int = 0, 
     }
 
 
-def stream_demo(bundle: Path, clips: list[Path], labels: list[str], out_dir: Path, *, per_phase: int = 4) -> dict[str, Any]:
-    """Replay ``per_phase`` normal, then anomalous, then normal test clips through ``edge-asd run``.
+def stream_demo(
+    bundle: Path, clips: list[Path], labels: list[str], out_dir: Path, *, n_normal: int = 4, n_anomalous: int = 10
+) -> dict[str, Any]:
+    """Replay ``n_normal`` normal, ``n_anomalous`` anomalous, then ``n_normal`` normal test clips
+    through ``edge-asd run`` (the alarm needs k anomalous periods out of n, so a fault has to last).
 
     The service runs as its own process with the demo device profile (``firmware_config/
     default.toml``), as fast as possible, storing events in ``out_dir/events.sqlite``.
@@ -85,8 +96,8 @@ def stream_demo(bundle: Path, clips: list[Path], labels: list[str], out_dir: Pat
     """
     normal = [c for c, lab in zip(clips, labels) if lab == "normal"]
     anomaly = [c for c, lab in zip(clips, labels) if lab == "anomaly"]
-    n = min(per_phase, len(anomaly), len(normal) // 2)
-    order = [("normal", c) for c in normal[:n]] + [("anomaly", c) for c in anomaly[:n]] + [("normal", c) for c in normal[n : 2 * n]]
+    n = min(n_normal, len(normal) // 2)
+    order = [("normal", c) for c in normal[:n]] + [("anomaly", c) for c in anomaly[:n_anomalous]] + [("normal", c) for c in normal[n : 2 * n]]
     stream = out_dir / "stream"
     stream.mkdir(parents=True, exist_ok=True)
     for old in stream.glob("*.wav"):
@@ -120,9 +131,7 @@ def demo(out: Path, quick: bool, seed: int) -> None:
     click.echo(f"bundle: {res['bundle']}")
     click.echo("")
     streamed = stream_demo(Path(res["bundle"]), res["test_clips"], res["test_labels"], out)
-    clip_s = 4.0
-    click.echo(f"streaming {len(streamed['order'])} test clips through the device service (edge-asd run, int8, "
-               f"{clip_s:.0f} s each): " + " ".join("N" if lab == "normal" else "A" for lab in streamed["order"]))
+    click.echo(f"streaming {len(streamed['order'])} test clips through the device service (edge-asd run, int8): " + " ".join("N" if lab == "normal" else "A" for lab in streamed["order"]))
     if streamed["returncode"] != 0:
         raise click.ClickException(f"the device service failed:\n{streamed['stderr'][-2000:]}")
     for e in streamed["events"]:

@@ -1,0 +1,32 @@
+"""The README's main job: ``asd-train demo --quick`` end to end as a subprocess (synthetic data →
+conv-ae → float + int8 bundle → evaluation → streaming through the device service)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_demo_runs_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run([sys.executable, "-m", "trainer", "demo", "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| **int8 − float** |" in run.stdout and "streaming 18 test clips" in run.stdout
+    bundle = json.loads((out / "bundle" / "bundle.json").read_text())
+    evaluation = bundle["metrics"]["evaluation"]
+    assert abs(evaluation["auc_int8_minus_float"]) <= 0.01
+    assert (out / "bundle" / "model_int8.tflite").stat().st_size <= 256 * 1024
+    # the events the service printed are the ones it stored
+    printed = [line.split()[1] for line in run.stdout.splitlines() if line.strip().startswith("event ")]
+    with sqlite3.connect(out / "events.sqlite") as db:
+        stored = [kind for (kind,) in db.execute("SELECT kind FROM events ORDER BY seq")]
+    assert printed == stored
+    assert all(kind in ("onset", "back_to_normal") for kind in stored)
