@@ -21,8 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import _common
-from benchmarks._common import REPO, machine, markdown_table
+from benchmarks._common import REPO, machine, markdown_table  # sets one thread per library first
 
 import numpy as np  # noqa: E402
 
@@ -244,5 +243,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    _common  # thread settings are applied on import
     sys.exit(main())

@@ -145,8 +145,3 @@ class TFLiteModel:
             q = self.output_quant
             return (y.astype(np.float32) - q.zero_point) * np.float32(q.scale)
         return y.astype(np.float32, copy=False)
-
-    def op_names(self) -> list[str]:
-        """Names of the builtin / custom ops in the graph (for checks that a model is pure int8)."""
-        ops = self._interpreter._get_ops_details()  # noqa: SLF001 - the runtimes' only op listing
-        return sorted({op["op_name"] for op in ops})

@@ -110,37 +110,48 @@ def convert_models(model: Any, representative: np.ndarray) -> tuple[bytes, bytes
     return _strip(float_bytes), _strip(int8_bytes)
 
 
-def model_ops(path: str | os.PathLike) -> list[str]:
-    """Op names of a ``.tflite`` file as written (LiteRT without the XNNPACK delegate, which would
-    otherwise replace ops by one ``DELEGATE`` node)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    it = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    return sorted({op["op_name"] for op in it._get_ops_details()})  # noqa: SLF001
-
-
-def float_tensor_ops(path: str | os.PathLike) -> list[str]:
-    """Ops of a model that consume or produce float32 tensors (for a full-int8 model: none but
-    ``QUANTIZE``/``DEQUANTIZE`` of constants should appear)."""
+def _op_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[int, np.dtype]]:
+    """Ops and tensor dtypes of a ``.tflite`` file as written (LiteRT without the XNNPACK
+    delegate, which would otherwise replace ops by one ``DELEGATE`` node)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     it = Interpreter(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     dtypes = {t["index"]: np.dtype(t["dtype"]) for t in it.get_tensor_details()}
+    return it._get_ops_details(), dtypes  # noqa: SLF001 - the runtimes' only op listing
+
+
+def _op_names(ops: list[dict[str, Any]]) -> list[str]:
+    return sorted({op["op_name"] for op in ops})
+
+
+def _float_ops(ops: list[dict[str, Any]], dtypes: dict[int, np.dtype]) -> list[str]:
     found = set()
-    for op in it._get_ops_details():  # noqa: SLF001
+    for op in ops:
         tensors = [i for i in list(op["inputs"]) + list(op["outputs"]) if i >= 0]
         if any(dtypes.get(i) == np.float32 for i in tensors):
             found.add(op["op_name"])
     return sorted(found)
 
 
+def model_ops(path: str | os.PathLike) -> list[str]:
+    """Op names of a ``.tflite`` file as written."""
+    return _op_names(_op_table(path)[0])
+
+
+def float_tensor_ops(path: str | os.PathLike) -> list[str]:
+    """Ops of a model that consume or produce float32 tensors (for a full-int8 model: none but
+    ``QUANTIZE``/``DEQUANTIZE`` of constants should appear)."""
+    return _float_ops(*_op_table(path))
+
+
 def check_builtin_int8(path: str | os.PathLike) -> list[str]:
     """Raise :class:`ExportError` unless ``path`` is a pure-builtin, integer-only model; return its ops."""
-    ops = model_ops(path)
+    table, dtypes = _op_table(path)
+    ops = _op_names(table)
     bad = [op for op in ops if any(m in op.upper() for m in DISALLOWED_OP_MARKERS)]
     if bad:
         raise ExportError(f"{path}: ops {bad} are not plain TFLite builtins; the device runtime cannot run them")
-    floats = float_tensor_ops(path)
+    floats = _float_ops(table, dtypes)
     if floats:
         raise ExportError(f"{path}: ops {floats} compute in float; the model is not full-integer")
     return ops
