@@ -6,6 +6,7 @@ with the same id; a SIGTERM mid-run loses nothing either.
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import signal
@@ -39,12 +40,13 @@ class Broker:
     def __init__(self, root: Path) -> None:
         self.port = free_port()
         root.mkdir(parents=True, exist_ok=True)
-        # mosquitto started as root drops to the 'mosquitto' user; it must be able to save its
-        # database here, or the subscriber's session (and its queued messages) die with a restart.
-        root.chmod(0o777)
+        # mosquitto started as root drops to the 'mosquitto' user, which cannot reach pytest's
+        # private temp folders: it then fails to save its database at shutdown and the subscriber's
+        # session, with the messages queued for it, dies with the restart. Run it as the test's
+        # own user, who owns the folder (for a non-root user the option changes nothing).
         self.conf = root / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+            f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
             f"persistence_location {root}/\nlog_dest stderr\n"
         )
         self.log = root / "mosquitto.log"
