@@ -151,7 +151,7 @@ def write(rows: list[dict], out: Path, epochs: int) -> None:
 
 @click.command()
 @click.option("--epochs", default=30, show_default=True, help="Maximum epochs (early stopping on validation loss).")
-@click.option("--models", default="dense-ae,conv-ae,lstm-ae,cnn-lstm", show_default=True)
+@click.option("--models", default=",".join(SETTINGS), show_default=True)
 @click.option("--features", "feature_kinds", default="logmel,ims", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("/tmp/edge-asd-toycar"), show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -159,6 +159,9 @@ def main(epochs: int, models: str, feature_kinds: str, out: Path, seed: int) -> 
     if not DATA.is_dir():
         click.echo(f"skipped: {DATA} is absent (see ../shared/data/README.md)")
         return
+    unknown = sorted(set(models.split(",")) - set(SETTINGS))
+    if unknown:
+        raise click.BadParameter(f"unknown models {unknown}; choose from {', '.join(SETTINGS)}", param_hint="--models")
     rows = run(models.split(","), feature_kinds.split(","), epochs, out, seed)
     click.echo(table(rows))
     click.echo("\n".join(baseline_comparison(rows)))

@@ -164,8 +164,9 @@ def conv_ae(cfg: ModelConfig, *, batch_size: int | None = None) -> Any:
     """A small convolutional autoencoder (the DCAE family of seeds 003/004).
 
     Three strided 3×3 conv blocks (``w, 2w, 2w`` filters; BN, ReLU) halve time and frequency each,
-    a 1×1 conv squeezes to 8 channels, a dense bottleneck, and three transposed-conv blocks back. The window is zero-padded to a
-    multiple of 8 in both axes and cropped at the output, so any window size works.
+    a 1×1 conv squeezes to 8 channels, a dense bottleneck, and three blocks back (bilinear 2×
+    upsampling, 3×3 conv). The window is zero-padded to a multiple of 8 in both axes and cropped at
+    the output, so any window size works.
     """
     keras = _keras()
     layers = keras.layers
@@ -193,11 +194,15 @@ def conv_ae(cfg: ModelConfig, *, batch_size: int | None = None) -> Any:
     x = layers.Dense(t8 * f8 * squeeze, name="expand_dense")(x)
     x = layers.ReLU(name="expand_relu")(x)
     x = layers.Reshape((t8, f8, squeeze), name="expand")(x)
+    # Bilinear upsampling + conv rather than transposed convs: LiteRT's default XNNPACK delegate
+    # ran the int8 TRANSPOSE_CONV decoder 3× slower than this one (0.96 vs 0.33 ms per window).
     for i, f in enumerate(reversed(filters[:-1])):
-        x = layers.Conv2DTranspose(f, 3, strides=2, padding="same", use_bias=False, name=f"dec{i}_deconv")(x)
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{i}_up")(x)
+        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"dec{i}_conv")(x)
         x = layers.BatchNormalization(name=f"dec{i}_bn")(x)
         x = layers.ReLU(name=f"dec{i}_relu")(x)
-    x = layers.Conv2DTranspose(1, 3, strides=2, padding="same", name="out_deconv")(x)
+    x = layers.UpSampling2D(2, interpolation="bilinear", name="out_up")(x)
+    x = layers.Conv2D(1, 3, padding="same", name="out_conv")(x)
     if pad_t or pad_f:
         x = layers.Cropping2D(((0, pad_t), (0, pad_f)), name="crop")(x)
     out = layers.Reshape((cfg.n_frames, cfg.n_features), name="out")(x)
