@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if not toycar.DATA.is_dir():
                 raise SystemExit(f"{toycar.DATA} is absent: run with --quick, or give --toycar-results")
-            toycar.run(list(KINDS), ["logmel", "ims"], 12, WORK / "toycar", 0)
+            toycar.run(list(KINDS), ["logmel", "ims"], 12, WORK / "toycar", [0])
             toycar = json.loads((RESULTS / "toycar.json").read_text())
             source = "DCASE 2023 ToyCar source test 50 + 50, trained in this run (seed 0, ≤ 12 epochs)"
         result["quality"] = {"source": source, "rows": toycar["rows"]}
