@@ -114,8 +114,12 @@ def run(models: list[str], feature_kinds: list[str], epochs: int, out: Path, see
     return rows
 
 
+def several_seeds(rows: list[dict]) -> bool:
+    return len({r.get("seed", 0) for r in rows}) > 1
+
+
 def table(rows: list[dict]) -> str:
-    seeds = len({r.get("seed", 0) for r in rows}) > 1
+    seeds = several_seeds(rows)
     lines = [
         "| model | features |" + (" seed |" if seeds else "") + " AUC (float) | pAUC (float) | AUC (int8) | pAUC (int8) | "
         "int8 − float AUC | int8 KB | train s | epochs |",
@@ -164,13 +168,16 @@ def baseline_comparison(rows: list[dict]) -> list[str]:
         dense = groups.get((fk, "dense-ae"))
         others = {kind: g for (f, kind), g in groups.items() if f == fk and kind != "dense-ae"}
         if dense and others:
-            dense_mean, dense_sd = _mean_sd([r["auc_int8"] for r in dense])
-            kind, best = max(others.items(), key=lambda item: _mean_sd([r["auc_int8"] for r in item[1]])[0])
-            best_mean, best_sd = _mean_sd([r["auc_int8"] for r in best])
-            spread = (lambda sd: f" ± {sd:.4f}") if len(dense) > 1 else (lambda sd: "")
+            stats = {kind: _mean_sd([r["auc_int8"] for r in g]) for kind, g in others.items()}
+            best = max(stats, key=lambda kind: stats[kind][0])
+            (best_mean, best_sd), (dense_mean, dense_sd) = stats[best], _mean_sd([r["auc_int8"] for r in dense])
+
+            def auc(mean: float, sd: float) -> str:
+                return f"{mean:.4f} ± {sd:.4f}" if len(dense) > 1 else f"{mean:.4f}"
+
             verdict = "beats" if best_mean > dense_mean else "does not beat"
-            lines.append(f"- {fk}: best int8 {kind} AUC {best_mean:.4f}{spread(best_sd)} {verdict} the in-run dense-ae "
-                         f"int8 AUC {dense_mean:.4f}{spread(dense_sd)}")
+            lines.append(f"- {fk}: best int8 {best} AUC {auc(best_mean, best_sd)} {verdict} the in-run dense-ae "
+                         f"int8 AUC {auc(dense_mean, dense_sd)}")
     lines.append(f"- max |int8 − float| AUC over all models: {max(abs(r['auc_int8_minus_float']) for r in rows):.4f}")
     return lines
 
@@ -181,7 +188,7 @@ def write(rows: list[dict], out: Path, epochs: int, name: str = "toycar") -> Non
     meta = {"data": str(DATA), "protocol": "dcase2023 ToyCar section 00, source test 50+50", "epochs_max": epochs, "rows": rows}
     (RESULTS / f"{name}.json").write_text(json.dumps(meta, indent=2) + "\n")
     note = "\n" + "\n".join(baseline_comparison(rows)) + "\n" if rows else ""
-    if len({r.get("seed", 0) for r in rows}) > 1:
+    if several_seeds(rows):
         note += "\nMean ± standard deviation over seeds:\n\n" + seed_table(rows) + "\n"
     (RESULTS / f"{name}.md").write_text(
         "# ToyCar (DCASE 2023 dev, section 00, source test 50 + 50)\n\n"
