@@ -11,7 +11,8 @@ the table. Skips with a message if ``../shared/data/dcase2023-toycar`` is absent
 
 With several seeds every model is trained once per seed, and a second table gives each model's mean
 and standard deviation over the seeds: on 50 + 50 test clips one training run's AUC moves by a few
-hundredths with the seed, so a single-seed "beats the baseline" can be luck.
+hundredths with the seed, so a single-seed "beats the baseline" can be luck. The comparison with
+the baseline then gives Welch's t-test p-value over the seeds.
 """
 
 from __future__ import annotations
@@ -170,14 +171,20 @@ def baseline_comparison(rows: list[dict]) -> list[str]:
         if dense and others:
             stats = {kind: _mean_sd([r["auc_int8"] for r in g]) for kind, g in others.items()}
             best = max(stats, key=lambda kind: stats[kind][0])
-            (best_mean, best_sd), (dense_mean, dense_sd) = stats[best], _mean_sd([r["auc_int8"] for r in dense])
+            best_aucs, dense_aucs = [r["auc_int8"] for r in others[best]], [r["auc_int8"] for r in dense]
+            (best_mean, best_sd), (dense_mean, dense_sd) = stats[best], _mean_sd(dense_aucs)
 
             def auc(mean: float, sd: float) -> str:
                 return f"{mean:.4f} ± {sd:.4f}" if len(dense) > 1 else f"{mean:.4f}"
 
             verdict = "beats" if best_mean > dense_mean else "does not beat"
-            lines.append(f"- {fk}: best int8 {best} AUC {auc(best_mean, best_sd)} {verdict} the in-run dense-ae "
-                         f"int8 AUC {auc(dense_mean, dense_sd)}")
+            line = f"- {fk}: best int8 {best} AUC {auc(best_mean, best_sd)} {verdict} the in-run dense-ae int8 AUC {auc(dense_mean, dense_sd)}"
+            if len(best_aucs) > 1 and len(dense_aucs) > 1:
+                # A difference of means smaller than the seed-to-seed spread is not a win: say how likely it is by chance.
+                from scipy.stats import ttest_ind
+
+                line += f" (Welch's t-test over seeds: p = {ttest_ind(best_aucs, dense_aucs, equal_var=False).pvalue:.2f})"
+            lines.append(line)
     lines.append(f"- max |int8 − float| AUC over all models: {max(abs(r['auc_int8_minus_float']) for r in rows):.4f}")
     return lines
 

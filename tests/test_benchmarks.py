@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.__main__ import missing_figures
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,9 +57,47 @@ def test_toycar_comparison_uses_the_mean_over_seeds():
     rows += [_toycar_row("conv-ae", s, a, delta) for s, a, delta in ((0, 0.63, 0.004), (1, 0.61, -0.011), (2, 0.62, 0.0))]
     assert baseline_comparison(rows[:1] + rows[3:4])[0].startswith("- logmel: best int8 conv-ae AUC 0.6300 beats")
     lines = baseline_comparison(rows)
-    assert lines[0] == "- logmel: best int8 conv-ae AUC 0.6200 ± 0.0100 does not beat the in-run dense-ae int8 AUC 0.6500 ± 0.0265"
+    assert lines[0] == ("- logmel: best int8 conv-ae AUC 0.6200 ± 0.0100 does not beat the in-run dense-ae int8 AUC 0.6500 ± 0.0265"
+                        " (Welch's t-test over seeds: p = 0.18)")
+    assert "t-test" not in baseline_comparison(rows[:1] + rows[3:4])[0]  # one seed: no spread to test against
     assert lines[-1] == "- max |int8 − float| AUC over all models: 0.0110"
     summary = seed_table(rows).splitlines()
     assert summary[2].startswith("| dense-ae | logmel | 3 |") and "0.6500 ± 0.0265" in summary[2]
     assert summary[3].endswith("| -0.0110 |")
     assert "| seed |" in table(rows) and "| seed |" not in table(rows[:1])
+
+
+def test_toycar_groups_separates_group_ranking_from_detection_within_a_group(tmp_path):
+    from benchmarks.toycar_groups import (
+        group_rows, lone_anomalies_above_median, markdown, mixed_group_auc, read_scores, roc, sparse_summary,
+    )
+    from trainer.datasets import Clip
+
+    def clip(name: str, car: str, spd: str, split: str, label: str) -> Clip:
+        return Clip(path=Path(f"/data/{name}.wav"), machine="ToyCar", id="section_00", domain="source", split=split,
+                    label=label, attributes={"car": car, "spd": spd})
+
+    train = [clip(f"tr{i}", "B1", "34V", "train", "normal") for i in range(8)]
+    train += [clip(f"tr{i}", "C1", "31V", "train", "normal") for i in range(8, 33)]
+    # B1 34V (sparse) holds both labels; C1 31V (25 training clips) holds only anomalies.
+    test = [clip("n0", "B1", "34V", "test", "normal"), clip("n1", "B1", "34V", "test", "normal"),
+            clip("a0", "B1", "34V", "test", "anomaly"), clip("a1", "C1", "31V", "test", "anomaly")]
+    csv_path = tmp_path / "anomaly_score_ToyCar_section_00_test.csv"
+    csv_path.write_text("n0.wav,0.5\nn1.wav,0.2\na0.wav,0.3\na1.wav,0.9\n")
+    scores = read_scores(csv_path)
+    assert scores == {"n0.wav": 0.5, "n1.wav": 0.2, "a0.wav": 0.3, "a1.wav": 0.9}
+
+    rows = group_rows(train, test, {"m": scores})
+    assert [(r["group"], r["train"], r["normal"], r["anomaly"]) for r in rows] == [("B1 34V", 8, 2, 1), ("C1 31V", 25, 0, 1)]
+    # percentiles over 4 clips: 0.2 → 0, 0.3 → 33.3, 0.5 → 66.7, 0.9 → 100
+    assert rows[0]["m:normal"] == pytest.approx((66.667 + 0) / 2, abs=0.01)
+    assert rows[0]["m:anomaly"] == pytest.approx(33.333, abs=0.01)
+    assert rows[1]["m:normal"] is None and rows[1]["m:anomaly"] == pytest.approx(100.0)
+    # The C1 anomaly's top score lifts the whole-set AUC; within B1 34V one normal outscores the anomaly.
+    assert roc(test, scores) == pytest.approx(3 / 4)
+    assert mixed_group_auc(test, scores) == pytest.approx(0.5)
+    assert lone_anomalies_above_median(test, scores) == (1, 1)  # a1 (0.9) is above the median 0.4
+    summary = sparse_summary(rows, ["m"])
+    assert summary[0] == "- groups with ≤ 10 training clips hold 2 of 2 normal test clips and 1 of 2 anomalous ones"
+    assert summary[1] == "- m: normal clips' mean score percentile 33 in sparse groups, – in the others"
+    assert "| B1 34V | 8 | 2 | 1 | 33 / 33 |" in markdown(rows, ["m"])
