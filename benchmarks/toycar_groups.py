@@ -56,6 +56,10 @@ def _mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _percentile_cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f}"
+
+
 def group_rows(train: Sequence[Clip], test: Sequence[Clip], runs: dict[str, dict[str, float]]) -> list[dict]:
     """One row per (car, speed) group in the test set: training clips, test normal and anomalous clips,
     and per run the mean score percentile of the group's normal and anomalous test clips."""
@@ -93,17 +97,17 @@ def sparse_summary(rows: Sequence[dict], runs: Sequence[str]) -> list[str]:
     ]
     for run in runs:
         a, b = weighted(sparse, f"{run}:normal", "normal"), weighted(dense, f"{run}:normal", "normal")
-        fmt = lambda v: "–" if v is None else f"{v:.0f}"  # noqa: E731
-        lines.append(f"- {run}: normal clips' mean score percentile {fmt(a)} in sparse groups, {fmt(b)} in the others")
+        lines.append(f"- {run}: normal clips' mean score percentile {_percentile_cell(a)} in sparse groups, "
+                     f"{_percentile_cell(b)} in the others")
     return lines
 
 
 def roc(test: Sequence[Clip], scores: dict[str, float]) -> float:
     """AUC over every labelled test clip that has a score."""
-    from sklearn.metrics import roc_auc_score
+    from trainer.metrics import auc
 
     scored = [c for c in test if c.path.name in scores]
-    return float(roc_auc_score([c.label == "anomaly" for c in scored], [scores[c.path.name] for c in scored]))
+    return auc([c.label == "anomaly" for c in scored], [scores[c.path.name] for c in scored])
 
 
 def _has_normals(test: Sequence[Clip]) -> set[str]:
@@ -131,7 +135,7 @@ def markdown(rows: Sequence[dict], runs: Sequence[str]) -> str:
     lines = [head, "|---|---|---|---|" + "---|" * len(runs)]
     for row in rows:
         cells = "".join(
-            " " + " / ".join("–" if row[f"{run}:{lab}"] is None else f"{row[f'{run}:{lab}']:.0f}" for lab in ("normal", "anomaly")) + " |"
+            " " + " / ".join(_percentile_cell(row[f"{run}:{lab}"]) for lab in ("normal", "anomaly")) + " |"
             for run in runs
         )
         lines.append(f"| {row['group']} | {row['train']} | {row['normal']} | {row['anomaly']} |{cells}")

@@ -195,7 +195,8 @@ def conv_ae(cfg: ModelConfig, *, batch_size: int | None = None) -> Any:
     x = layers.ReLU(name="expand_relu")(x)
     x = layers.Reshape((t8, f8, squeeze), name="expand")(x)
     # Bilinear upsampling + conv rather than transposed convs: LiteRT's default XNNPACK delegate
-    # ran the int8 TRANSPOSE_CONV decoder 3× slower than this one (0.96 vs 0.33 ms per window).
+    # ran the int8 TRANSPOSE_CONV decoder ~3× slower than this one (`python -m benchmarks`, one
+    # thread: 0.53 vs 0.19 ms per window).
     for i, f in enumerate(reversed(filters[:-1])):
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{i}_up")(x)
         x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"dec{i}_conv")(x)
