@@ -16,7 +16,6 @@ writes ``benchmarks/results/toycar_groups.md``. Skips with a message if the data
 
 from __future__ import annotations
 
-import csv
 import statistics
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Sequence
 import click
 from scipy.stats import rankdata
 
-from benchmarks.toycar import DATA, RESULTS, SETTINGS
+from benchmarks.toycar import DATA, RESULTS, SETTINGS, labelled_scores, paired_test, read_scores
 
 if TYPE_CHECKING:
     from trainer.datasets import Clip
@@ -37,12 +36,6 @@ SPARSE_GROUP_MAX_CLIPS = 10
 def group_of(clip: Clip) -> str:
     """The clip's (car, speed) group, e.g. ``"B1 34V"``."""
     return f"{clip.attributes.get('car', '?')} {clip.attributes.get('spd', '?')}"
-
-
-def read_scores(csv_path: Path) -> dict[str, float]:
-    """A DCASE score file (``file,score`` rows, no header) as file name → score."""
-    with open(csv_path, newline="") as f:
-        return {Path(row[0]).name: float(row[1]) for row in csv.reader(f) if row}
 
 
 def score_percentiles(scores: dict[str, float]) -> dict[str, float]:
@@ -142,6 +135,33 @@ def markdown(rows: Sequence[dict], runs: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def baseline_run(name: str) -> str | None:
+    """The in-run dense-ae run a run is compared with: same features and seed (``lstm-ae_ims_seed2`` →
+    ``dense-ae_ims_seed2``); ``None`` for a dense-ae run or a name that starts with no known model."""
+    kind = next((k for k in SETTINGS if name.startswith(k + "_")), None)
+    return None if kind in (None, "dense-ae") else "dense-ae" + name[len(kind):]
+
+
+def paired_rows(test: Sequence[Clip], scores: dict[str, dict[str, float]]) -> list[dict]:
+    """Each run against its in-run dense-ae on the clips both scored: AUCs, difference, its 95 %
+    confidence interval and DeLong's p-value (the test-set sampling part of "does it beat the baseline")."""
+    rows = []
+    for name, run_scores in scores.items():
+        base = baseline_run(name)
+        if base not in scores:
+            continue
+        r = paired_test(labelled_scores(test, run_scores), labelled_scores(test, scores[base]))
+        rows.append({"run": name, "baseline": base, "clips": len(run_scores.keys() & scores[base].keys()), **r.to_dict()})
+    return rows
+
+
+def paired_markdown(rows: Sequence[dict]) -> str:
+    lines = ["| run | AUC | in-run dense-ae AUC | difference | 95 % CI | p (DeLong) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['run']} | {r['auc_a']:.4f} | {r['auc_b']:.4f} | {r['difference']:+.4f} | "
+              f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}] | {r['p_value']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def _run_order(name: str) -> tuple[int, str]:
     """Runs in the ToyCar table's model order (``dense-ae_logmel_seed0`` → dense-ae first)."""
     return next((i for i, kind in enumerate(SETTINGS) if name.startswith(kind + "_")), len(SETTINGS)), name
@@ -178,6 +198,14 @@ def main(reports: Path, runs: str) -> None:
         "normal / anomalous test clips (100 is the most anomalous score). Training clips are source-domain only.\n\n"
         + markdown(rows, names) + "\n\n" + "\n".join(sparse_summary(rows, names) + auc_lines) + "\n"
     )
+    paired = paired_rows(test, scores)
+    if paired:
+        text += (
+            "\n## Against the in-run dense-ae on the same clips\n\n"
+            "DeLong's paired test of the int8 AUC difference: the spread that comes from which clips are in the "
+            "test set, with both models scoring the same clips. The seed-to-seed spread of training comes on top "
+            "(`python -m benchmarks.toycar --seeds`).\n\n" + paired_markdown(paired) + "\n"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "toycar_groups.md").write_text(text)
     click.echo(text)

@@ -101,3 +101,49 @@ def test_toycar_groups_separates_group_ranking_from_detection_within_a_group(tmp
     assert summary[0] == "- groups with ≤ 10 training clips hold 2 of 2 normal test clips and 1 of 2 anomalous ones"
     assert summary[1] == "- m: normal clips' mean score percentile 33 in sparse groups, – in the others"
     assert "| B1 34V | 8 | 2 | 1 | 33 / 33 |" in markdown(rows, ["m"])
+
+
+def test_toycar_groups_pairs_each_run_with_its_in_run_dense_ae():
+    from benchmarks.toycar_groups import baseline_run, paired_markdown, paired_rows
+    from trainer.datasets import Clip
+    from trainer.metrics import auc
+
+    assert baseline_run("lstm-ae_ims_seed2") == "dense-ae_ims_seed2"
+    assert baseline_run("cnn-lstm_logmel") == "dense-ae_logmel"
+    assert baseline_run("dense-ae_ims") is None and baseline_run("other_ims") is None
+
+    labels = ["normal"] * 6 + ["anomaly"] * 6
+    test = [Clip(path=Path(f"/data/c{i}.wav"), machine="ToyCar", id="section_00", domain="source", split="test", label=lab)
+            for i, lab in enumerate(labels)]
+    dense = {f"c{i}.wav": float(v) for i, v in enumerate([1, 2, 3, 4, 5, 6, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5])}
+    lstm = {f"c{i}.wav": float(v) for i, v in enumerate([1, 2, 3, 4, 5, 6, 6.5, 7.5, 8.5, 9.5, 10.5, 11.5])}
+    del lstm["c0.wav"]  # a clip one run did not score is left out of the pair
+    rows = paired_rows(test, {"dense-ae_ims": dense, "lstm-ae_ims": lstm, "conv-ae_logmel": lstm})
+    assert [(r["run"], r["baseline"], r["clips"]) for r in rows] == [("lstm-ae_ims", "dense-ae_ims", 11)]  # no dense-ae_logmel
+    y = [lab == "anomaly" for lab in labels[1:]]
+    names = [f"c{i}.wav" for i in range(1, 12)]
+    r = rows[0]
+    assert r["auc_a"] == pytest.approx(auc(y, [lstm[n] for n in names])) == pytest.approx(1.0)
+    assert r["auc_b"] == pytest.approx(auc(y, [dense[n] for n in names]))
+    assert r["difference"] == pytest.approx(r["auc_a"] - r["auc_b"]) and r["difference"] > 0
+    assert r["ci_low"] < r["difference"] < r["ci_high"] and 0 < r["p_value"] < 1
+    assert f"| lstm-ae_ims | 1.0000 | {r['auc_b']:.4f} | {r['difference']:+.4f} |" in paired_markdown(rows)
+
+
+def test_toycar_one_seed_comparison_gives_delong_on_the_same_clips():
+    from benchmarks.toycar import baseline_comparison
+    from trainer.metrics import auc_difference
+
+    labels = [False] * 5 + [True] * 5
+    dense_scores, conv_scores = [1, 2, 3, 4, 5, 2.5, 3.5, 4.5, 5.5, 6.5], [1, 2, 3, 4, 5, 3.5, 5.5, 6.5, 7.5, 8.5]
+    dense, conv = _toycar_row("dense-ae", 0, 0.76), _toycar_row("conv-ae", 0, 0.92)  # the AUCs of these scores
+    dense["int8_clip_scores"] = [{"file": f"c{i}.wav", "anomaly": y, "score": s} for i, (y, s) in enumerate(zip(labels, dense_scores))]
+    conv["int8_clip_scores"] = [{"file": f"c{i}.wav", "anomaly": y, "score": s} for i, (y, s) in enumerate(zip(labels, conv_scores))]
+    r = auc_difference(labels, conv_scores, dense_scores)
+    assert (r.auc_a, r.auc_b) == (pytest.approx(0.92), pytest.approx(0.76))
+    line = baseline_comparison([dense, conv])[0]
+    assert line == ("- logmel: best int8 conv-ae AUC 0.9200 beats the in-run dense-ae int8 AUC 0.7600 (DeLong's paired test on the "
+                    f"same clips: difference +0.1600, 95 % CI [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p = {r.p_value:.2f})")
+    # Rows from before per-clip scores were kept: the verdict alone.
+    del dense["int8_clip_scores"]
+    assert baseline_comparison([dense, conv])[0].endswith("the in-run dense-ae int8 AUC 0.7600")

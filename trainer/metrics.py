@@ -36,8 +36,10 @@ from edge_asd.errors import ParameterError
 
 __all__ = [
     "MAX_FPR",
+    "AucDifference",
     "ThresholdMetrics",
     "auc",
+    "auc_difference",
     "dcase2023_official_score",
     "domain_auc",
     "false_alarms_per_hour",
@@ -88,6 +90,76 @@ def auc(y_true: ArrayLike, y_score: ArrayLike) -> float:
     """
     y, s = _labels_scores(y_true, y_score)
     return float(skm.roc_auc_score(y, s))
+
+
+@dataclass(frozen=True, kw_only=True)
+class AucDifference:
+    """Two detectors' AUCs on the same clips and DeLong's test of their difference."""
+
+    auc_a: float
+    auc_b: float
+    difference: float
+    """``auc_a - auc_b``."""
+    std_error: float
+    """Standard error of the difference (DeLong), from the sampling of the test clips."""
+    ci_low: float
+    ci_high: float
+    """Two-sided confidence interval of the difference at ``confidence``."""
+    confidence: float
+    p_value: float
+    """Two-sided p-value of "the AUCs are equal"; 1.0 when the two scorings rank the clips identically."""
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in ("auc_a", "auc_b", "difference", "std_error", "ci_low", "ci_high", "confidence", "p_value")}
+
+
+def _placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """DeLong's structural components from midranks (Sun & Xu 2014): for each anomalous clip the
+    share of normal clips it outscores, and for each normal clip the share of anomalous clips that
+    outscore it (ties count one half)."""
+    pos, neg = s[y], s[~y]
+    m, n = pos.size, neg.size
+    ranks = scipy.stats.rankdata(np.concatenate([pos, neg]))
+    v10 = (ranks[:m] - scipy.stats.rankdata(pos)) / n
+    v01 = 1.0 - (ranks[m:] - scipy.stats.rankdata(neg)) / m
+    return v10, v01
+
+
+def auc_difference(y_true: ArrayLike, scores_a: ArrayLike, scores_b: ArrayLike, *, confidence: float = 0.95) -> AucDifference:
+    """Is detector A's AUC different from detector B's on the same clips? DeLong's paired test.
+
+    With a few dozen test clips an AUC moves by several hundredths from the sampling of the clips
+    alone; the two detectors' errors are correlated because they score the same clips, and DeLong's
+    covariance (DeLong, DeLong & Clarke-Pearson 1988) accounts for that. This covers the test-set
+    sampling only; training-seed spread needs several trained models (see ``benchmarks.toycar --seeds``).
+
+    Parameters
+    ----------
+    y_true
+        As in :func:`auc`.
+    scores_a, scores_b : array-like of float, shape (n_clips,)
+        Both detectors' scores of the same clips, in the same order.
+    confidence
+        Level of the confidence interval, in (0, 1).
+    """
+    if not 0.0 < confidence < 1.0:
+        raise ParameterError(f"confidence must be in (0, 1), got {confidence}")
+    y, a = _labels_scores(y_true, scores_a)
+    _, b = _labels_scores(y_true, scores_b)
+    (a10, a01), (b10, b01) = _placements(y, a), _placements(y, b)
+    auc_a, auc_b = float(a10.mean()), float(b10.mean())
+    m, n = a10.size, a01.size
+    # Var(A - B) = (var10_a + var10_b - 2 cov10) / m + (the same over normal clips) / n
+    var = (np.var(a10 - b10, ddof=1) if m > 1 else 0.0) / m + (np.var(a01 - b01, ddof=1) if n > 1 else 0.0) / n
+    diff = auc_a - auc_b
+    se = float(np.sqrt(max(var, 0.0)))
+    if se == 0.0:
+        p = 1.0 if diff == 0.0 else 0.0
+    else:
+        p = float(2.0 * scipy.stats.norm.sf(abs(diff) / se))
+    half = float(scipy.stats.norm.ppf(0.5 + confidence / 2.0)) * se
+    return AucDifference(auc_a=auc_a, auc_b=auc_b, difference=diff, std_error=se, ci_low=diff - half, ci_high=diff + half,
+                         confidence=confidence, p_value=p)
 
 
 def _raw_partial_area(y: np.ndarray, s: np.ndarray, max_fpr: float) -> float:
