@@ -26,8 +26,12 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from trainer.metrics import AucDifference
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -135,7 +139,7 @@ def int8_clip_scores(report_dir: Path, test: list) -> list[dict]:
     return labelled_scores(test, {k: v for f in files for k, v in read_scores(f).items()})
 
 
-def paired_test(a: list[dict] | None, b: list[dict] | None):
+def paired_test(a: list[dict] | None, b: list[dict] | None) -> AucDifference | None:
     """DeLong's test of scoring ``a``'s AUC against ``b``'s (lists from :func:`labelled_scores`) on
     the clips both scored; ``None`` when either is missing (results written before rows kept them)."""
     from trainer.metrics import auc_difference

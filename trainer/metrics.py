@@ -24,6 +24,7 @@ standardising). The two are related exactly by
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -103,14 +104,15 @@ class AucDifference:
     std_error: float
     """Standard error of the difference (DeLong), from the sampling of the test clips."""
     ci_low: float
+    """Lower end of the two-sided confidence interval of the difference at ``confidence``."""
     ci_high: float
-    """Two-sided confidence interval of the difference at ``confidence``."""
+    """Upper end of that interval."""
     confidence: float
     p_value: float
     """Two-sided p-value of "the AUCs are equal"; 1.0 when the two scorings rank the clips identically."""
 
     def to_dict(self) -> dict[str, float]:
-        return {k: getattr(self, k) for k in ("auc_a", "auc_b", "difference", "std_error", "ci_low", "ci_high", "confidence", "p_value")}
+        return dataclasses.asdict(self)
 
 
 def _placements(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
