@@ -6,7 +6,8 @@ clips by (car, speed) group. In this subset the groups that hold the normal test
 groups that hold most of the anomalies: cars C1 and D1, and B1 at 31 and 40 V, have anomalous test
 clips only. Restricted to the groups that hold both kinds, the AUC shows how well a model detects
 anomalies within one operating condition, apart from how it ranks the groups. Half the normal test
-clips also come from the three groups with only 8 training clips each.
+clips also come from the three groups with only 8 training clips each. A last table pairs each run
+with its in-run dense-ae on the same clips (DeLong's test), to tell a lead from test-set noise.
 
     python -m benchmarks.toycar_groups [--reports /tmp/edge-asd-toycar/reports] [--runs dense-ae_logmel,conv-ae_logmel]
 
@@ -151,6 +152,8 @@ def paired_rows(test: Sequence[Clip], scores: dict[str, dict[str, float]]) -> li
         if base not in scores:
             continue
         r = paired_test(labelled_scores(test, run_scores), labelled_scores(test, scores[base]))
+        if r is None:  # neither run scored a clip of this test set
+            continue
         rows.append({"run": name, "baseline": base, "clips": len(run_scores.keys() & scores[base].keys()), **r.to_dict()})
     return rows
 
