@@ -133,10 +133,14 @@ def labelled_scores(test: list, scores: dict[str, float]) -> list[dict]:
     return [{"file": c.path.name, "anomaly": c.label == "anomaly", "score": scores[c.path.name]} for c in test if c.path.name in scores]
 
 
+def report_int8_scores(report_dir: Path) -> dict[str, float]:
+    """File name → int8 clip score from an evaluation report's ``score_int8`` CSVs; empty if it has none."""
+    return {k: v for f in sorted((report_dir / "score_int8").glob("anomaly_score_*.csv")) for k, v in read_scores(f).items()}
+
+
 def int8_clip_scores(report_dir: Path, test: list) -> list[dict]:
-    """Each test clip's int8 score from an evaluation report (its ``score_int8`` CSVs), with its label."""
-    files = sorted((report_dir / "score_int8").glob("anomaly_score_*.csv"))
-    return labelled_scores(test, {k: v for f in files for k, v in read_scores(f).items()})
+    """Each test clip's int8 score from an evaluation report, with its label."""
+    return labelled_scores(test, report_int8_scores(report_dir))
 
 
 def paired_test(a: list[dict] | None, b: list[dict] | None) -> AucDifference | None:
@@ -220,7 +224,7 @@ def baseline_comparison(rows: list[dict]) -> list[str]:
                 from scipy.stats import ttest_ind
 
                 line += f" (Welch's t-test over seeds: p = {ttest_ind(best_aucs, dense_aucs, equal_var=False).pvalue:.2f})"
-            elif len(others[best]) == 1 and len(dense) == 1 and (paired := paired_test(others[best][0].get("int8_clip_scores"), dense[0].get("int8_clip_scores"))):
+            elif len(best_aucs) == 1 and len(dense_aucs) == 1 and (paired := paired_test(others[best][0].get("int8_clip_scores"), dense[0].get("int8_clip_scores"))):
                 # One seed: the test-set sampling is the spread to test against, on the same clips.
                 line += (f" (DeLong's paired test on the same clips: difference {paired.difference:+.4f}, 95 % CI "
                          f"[{paired.ci_low:+.3f}, {paired.ci_high:+.3f}], p = {paired.p_value:.2f})")

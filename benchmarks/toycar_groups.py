@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Sequence
 import click
 from scipy.stats import rankdata
 
-from benchmarks.toycar import DATA, RESULTS, SETTINGS, labelled_scores, paired_test, read_scores
+from benchmarks.toycar import DATA, RESULTS, SETTINGS, labelled_scores, paired_test, report_int8_scores
 
 if TYPE_CHECKING:
     from trainer.datasets import Clip
@@ -136,10 +136,15 @@ def markdown(rows: Sequence[dict], runs: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _kind_of(run_name: str) -> str | None:
+    """The model kind a run name starts with (``lstm-ae_ims_seed2`` → ``lstm-ae``), or ``None``."""
+    return next((k for k in SETTINGS if run_name.startswith(k + "_")), None)
+
+
 def baseline_run(name: str) -> str | None:
     """The in-run dense-ae run a run is compared with: same features and seed (``lstm-ae_ims_seed2`` →
     ``dense-ae_ims_seed2``); ``None`` for a dense-ae run or a name that starts with no known model."""
-    kind = next((k for k in SETTINGS if name.startswith(k + "_")), None)
+    kind = _kind_of(name)
     return None if kind in (None, "dense-ae") else "dense-ae" + name[len(kind):]
 
 
@@ -167,7 +172,8 @@ def paired_markdown(rows: Sequence[dict]) -> str:
 
 def _run_order(name: str) -> tuple[int, str]:
     """Runs in the ToyCar table's model order (``dense-ae_logmel_seed0`` → dense-ae first)."""
-    return next((i for i, kind in enumerate(SETTINGS) if name.startswith(kind + "_")), len(SETTINGS)), name
+    kind = _kind_of(name)
+    return (list(SETTINGS).index(kind) if kind else len(SETTINGS)), name
 
 
 @click.command()
@@ -181,15 +187,14 @@ def main(reports: Path, runs: str) -> None:
     from trainer.datasets import read_dataset
 
     names = [r for r in runs.split(",") if r] or sorted((p.name for p in reports.glob("*") if p.is_dir()), key=_run_order)
-    score_files = {n: sorted((reports / n / "score_int8").glob("anomaly_score_*.csv")) for n in names}
-    missing = [n for n, files in score_files.items() if not files]
+    scores = {n: report_int8_scores(reports / n) for n in names}
+    missing = [n for n, run_scores in scores.items() if not run_scores]
     if not names or missing:
         raise click.UsageError(f"no int8 score files for {missing or 'any run'} under {reports}; "
                                "run `python -m benchmarks.toycar` first or pass --reports")
     clips = read_dataset(DATA, layout="auto", check_headers=False)
     train = [c for c in clips if c.split == "train" and c.domain == "source"]
     test = [c for c in clips if c.split == "test" and c.domain == "source"]
-    scores = {n: {k: v for f in files for k, v in read_scores(f).items()} for n, files in score_files.items()}
     rows = group_rows(train, test, scores)
     n_mixed = sum(1 for r in rows if r["normal"] and r["anomaly"])
     auc_lines = [f"- {n}: AUC {roc(test, scores[n]):.4f} on all test clips, {mixed_group_auc(test, scores[n]):.4f} on the "

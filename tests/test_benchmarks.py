@@ -68,8 +68,9 @@ def test_toycar_comparison_uses_the_mean_over_seeds():
 
 
 def test_toycar_groups_separates_group_ranking_from_detection_within_a_group(tmp_path):
+    from benchmarks.toycar import read_scores
     from benchmarks.toycar_groups import (
-        group_rows, lone_anomalies_above_median, markdown, mixed_group_auc, read_scores, roc, sparse_summary,
+        group_rows, lone_anomalies_above_median, markdown, mixed_group_auc, roc, sparse_summary,
     )
     from trainer.datasets import Clip
 
