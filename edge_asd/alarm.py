@@ -116,8 +116,10 @@ class PeriodAverager:
         elif t_s >= self._start + self.period_s:
             closed = self._close()
             # Periods are [start, start + period_s); skip whole empty periods (a gap in the audio)
-            # so the grid stays aligned.
-            self._start += math.floor((t_s - self._start) / self.period_s) * self.period_s
+            # so the grid stays aligned. At least one: in floating point t - start can round just
+            # below period_s where start + period_s did not (start 10.028, t 20.028), and a period
+            # that did not move on would close again, with one window, at the next score.
+            self._start += max(1, math.floor((t_s - self._start) / self.period_s)) * self.period_s
         self._sum += score
         self._count += 1
         self._last_t = t_s

@@ -33,6 +33,15 @@ def test_period_score_is_mean_of_window_scores_on_a_fixed_grid():
     assert avg.flush() is None
 
 
+def test_a_period_boundary_that_rounds_low_still_moves_the_period_on():
+    # Seen with 16 ms window hops: start 0.028 + 10 + 10 == 20.028, but (20.028 - 10.028) / 10 < 1.
+    avg = PeriodAverager(10.0)
+    times = [0.028, 5.0, 10.028, 15.0, 20.028, 20.044, 25.0, 30.1]
+    closed = [c for c in (avg.add(1.0, t) for t in times) if c is not None]
+    assert [(round(start, 3), n) for start, _, _, n in closed] == [(0.028, 2), (10.028, 2), (20.028, 3)]
+    assert avg.flush()[3] == 1  # every window in exactly one period
+
+
 def test_onset_after_k_of_n_then_back_to_normal_after_m():
     cfg = AlarmConfig(period_s=1.0, onset_k=2, onset_n=3, recovery_m=2, refractory_s=0.0)
     alarm = AlarmLogic(cfg, threshold=5.0)
