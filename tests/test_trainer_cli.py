@@ -26,10 +26,11 @@ def test_synth_fit_evaluate_round_trip(tmp_path):
     assert len(list((data / "6_dB_fan" / "fan" / "id_00" / "normal").glob("*.wav"))) == 12
 
     fit = asd_train("fit", data, "--machine", "fan", "--id", "00", "--snr", "6", "--model", "dense-ae", "--n-mels", "32",
-                    "--epochs", "1", "--normalization", "global", "--cache-dir", tmp_path / "cache", "--out", bundle)
+                    "--n-fft", "512", "--hop-length", "256", "--epochs", "1", "--normalization", "global", "--cache-dir", tmp_path / "cache", "--out", bundle)
     assert fit.returncode == 0, fit.stderr[-3000:]
     assert "int8 − float" in fit.stdout
     meta = json.loads((bundle / "bundle.json").read_text())
+    assert (meta["features"]["n_fft"], meta["features"]["hop_length"], meta["features"]["n_mels"]) == (512, 256, 32)
     std = meta["normalization"]["std"]
     assert len(std) == 32 and len(set(std)) == 1  # global: one common scale for every band
     stored = meta["metrics"]["evaluation"]
@@ -52,3 +53,16 @@ def test_fit_on_a_folder_without_wavs_is_a_clear_error(tmp_path):
     run = asd_train("fit", tmp_path / "empty", "--out", tmp_path / "b", timeout=120)
     assert run.returncode != 0
     assert "empty" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_fit_takes_a_short_fft_for_ims_and_refuses_a_bad_one(tmp_path):
+    from trainer.fit_cli import cli_features
+
+    short = cli_features("ims", n_mels=16, n_fft=128, hop_length=64)
+    assert short.sinc_length == 127 and short.n_features == 16 + short.n_sinc  # the sinc FIR fits the FFT
+    assert cli_features("ims", n_mels=64, n_fft=1024, hop_length=512).sinc_length == 251  # seed 000's length
+
+    (tmp_path / "data" / "normal").mkdir(parents=True)
+    run = asd_train("fit", tmp_path / "data", "--n-fft", "256", "--hop-length", "512", "--out", tmp_path / "b", timeout=120)
+    assert run.returncode != 0
+    assert "hop_length" in run.stderr and "Traceback" not in run.stderr
