@@ -105,13 +105,15 @@ def test_toycar_groups_separates_group_ranking_from_detection_within_a_group(tmp
 
 
 def test_toycar_groups_pairs_each_run_with_its_in_run_dense_ae():
-    from benchmarks.toycar_groups import baseline_run, paired_markdown, paired_rows
+    from benchmarks.toycar_groups import baseline_run, paired_markdown, paired_rows, reference_run
     from trainer.datasets import Clip
     from trainer.metrics import auc
 
     assert baseline_run("lstm-ae_ims_seed2") == "dense-ae_ims_seed2"
     assert baseline_run("cnn-lstm_logmel") == "dense-ae_logmel"
     assert baseline_run("dense-ae_ims") is None and baseline_run("other_ims") is None
+    assert reference_run("conv-ae_logmel_seed2") == "dense-ae_dcase_seed2" and reference_run("dense-ae_ims") == "dense-ae_dcase"
+    assert reference_run("dense-ae_dcase_seed1") is None and reference_run("other_ims") is None
 
     labels = ["normal"] * 6 + ["anomaly"] * 6
     test = [Clip(path=Path(f"/data/c{i}.wav"), machine="ToyCar", id="section_00", domain="source", split="test", label=lab)
@@ -130,6 +132,12 @@ def test_toycar_groups_pairs_each_run_with_its_in_run_dense_ae():
     assert r["ci_low"] < r["difference"] < r["ci_high"] and 0 < r["p_value"] < 1
     assert f"| lstm-ae_ims | 1.0000 | {r['auc_b']:.4f} | {r['difference']:+.4f} |" in paired_markdown(rows)
 
+    # Against the DCASE reference every other run pairs with the one reference run.
+    against = paired_rows(test, {"dense-ae_dcase": dense, "lstm-ae_ims": lstm, "dense-ae_ims": dense}, baseline=reference_run)
+    assert [(r["run"], r["baseline"]) for r in against] == [("lstm-ae_ims", "dense-ae_dcase"), ("dense-ae_ims", "dense-ae_dcase")]
+    assert against[1]["difference"] == 0 and against[1]["p_value"] == pytest.approx(1.0)
+    assert "| run | AUC | DCASE reference AUC |" in paired_markdown(against, "DCASE reference")
+
 
 def test_toycar_one_seed_comparison_gives_delong_on_the_same_clips():
     from benchmarks.toycar import baseline_comparison
@@ -145,6 +153,29 @@ def test_toycar_one_seed_comparison_gives_delong_on_the_same_clips():
     line = baseline_comparison([dense, conv])[0]
     assert line == ("- logmel: best int8 conv-ae AUC 0.9200 beats the in-run dense-ae int8 AUC 0.7600 (DeLong's paired test on the "
                     f"same clips: difference +0.1600, 95 % CI [{r.ci_low:+.3f}, {r.ci_high:+.3f}], p = {r.p_value:.2f})")
+    # The DCASE reference (features "dcase") is compared with the best model of any feature kind.
+    reference = {**dense, "features": "dcase"}
+    lines = baseline_comparison([reference, dense, conv])
+    assert lines[0] == line
+    assert lines[1].startswith("- all features: best int8 conv-ae (logmel) AUC 0.9200 beats the DCASE reference (dense-ae on log-Mel, "
+                               "n_fft 1024, hop 512) int8 AUC 0.7600 (DeLong's paired test on the same clips: difference +0.1600")
     # Rows from before per-clip scores were kept: the verdict alone.
     del dense["int8_clip_scores"]
     assert baseline_comparison([dense, conv])[0].endswith("the in-run dense-ae int8 AUC 0.7600")
+
+
+def test_toycar_front_end_and_training_windows():
+    from benchmarks.toycar import REFERENCE_FRAMES, features_for, frames_label, p_text, table, train_config
+
+    ims = features_for("ims")
+    assert (ims.n_fft, ims.hop_length, ims.n_mels, ims.n_sinc, ims.sinc_length) == (128, 64, 16, 24, 127)
+    reference = features_for("logmel", **REFERENCE_FRAMES)
+    assert (reference.n_fft, reference.hop_length, reference.n_mels) == (1024, 512, 64)
+    # Training windows every 32 ms whatever the frame hop: 8 frames of 4 ms, 1 frame of 32 ms.
+    conv = train_config("conv-ae", ims, epochs=3, seed=1)
+    assert (conv.train_hop_frames, conv.window.n_frames, conv.window.hop_frames, conv.epochs, conv.seed) == (8, 8, 4, 3, 1)
+    assert train_config("dense-ae", reference, epochs=3, seed=0).train_hop_frames == 1
+    row = {**_toycar_row("dense-ae", 0, 0.7), "feature_config": reference.to_dict()}
+    assert frames_label(reference.to_dict()) == "1024/512/64" and frames_label(None) == "—"
+    assert "| dense-ae | logmel | 1024/512/64 | 0.7020 |" in table([row])
+    assert (p_text(0.34), p_text(0.004)) == ("0.34", "4e-03")
