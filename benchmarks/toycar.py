@@ -278,29 +278,26 @@ def baseline_comparison(rows: list[dict]) -> list[str]:
     DCASE reference (means over seeds when there are several), and the worst |int8 − float| AUC."""
     lines = []
     groups = by_model(rows)
-    several = any(len(g) > 1 for g in groups.values())
+    stats = {key: _mean_sd([r["auc_int8"] for r in g]) for key, g in groups.items()}
+    several = several_seeds(rows)
 
-    def auc(group: list[dict]) -> str:
-        mean, sd = _mean_sd([r["auc_int8"] for r in group])
+    def auc(key: tuple[str, str]) -> str:
+        mean, sd = stats[key]
         return f"{mean:.4f} ± {sd:.4f}" if several else f"{mean:.4f}"
 
-    def best_of(candidates: dict[tuple[str, str], list[dict]]) -> tuple[str, str]:
-        return max(candidates, key=lambda key: _mean_sd([r["auc_int8"] for r in candidates[key]])[0])
-
-    def line(label: str, best: tuple[str, str], base: list[dict], base_label: str) -> str:
-        ahead = _mean_sd([r["auc_int8"] for r in groups[best]])[0] > _mean_sd([r["auc_int8"] for r in base])[0]
+    def line(label: str, candidates: list[tuple[str, str]], base: tuple[str, str], base_label: str) -> str:
+        best = max(candidates, key=lambda key: stats[key][0])
         who = best[1] if label == best[0] else f"{best[1]} ({best[0]})"
-        return (f"- {label}: best int8 {who} AUC {auc(groups[best])} {'beats' if ahead else 'does not beat'} "
-                f"{base_label} int8 AUC {auc(base)}" + _versus(groups[best], base))
+        verdict = "beats" if stats[best][0] > stats[base][0] else "does not beat"
+        return f"- {label}: best int8 {who} AUC {auc(best)} {verdict} {base_label} int8 AUC {auc(base)}" + _versus(groups[best], groups[base])
 
     for fk in dict.fromkeys(r["features"] for r in rows if r["features"] != REFERENCE):
-        others = {key: g for key, g in groups.items() if key[0] == fk and key[1] != "dense-ae"}
+        others = [key for key in groups if key[0] == fk and key[1] != "dense-ae"]
         if (fk, "dense-ae") in groups and others:
-            lines.append(line(fk, best_of(others), groups[(fk, "dense-ae")], "the in-run dense-ae"))
-    reference = groups.get((REFERENCE, "dense-ae"))
-    candidates = {key: g for key, g in groups.items() if key[0] != REFERENCE}
-    if reference and candidates:
-        lines.append(line("all features", best_of(candidates), reference,
+            lines.append(line(fk, others, (fk, "dense-ae"), "the in-run dense-ae"))
+    candidates = [key for key in groups if key[0] != REFERENCE]
+    if (REFERENCE, "dense-ae") in groups and candidates:
+        lines.append(line("all features", candidates, (REFERENCE, "dense-ae"),
                           "the DCASE reference (dense-ae on log-Mel, n_fft 1024, hop 512)"))
     lines.append(f"- max |int8 − float| AUC over all models: {max(abs(r['auc_int8_minus_float']) for r in rows):.4f}")
     return lines

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -58,9 +59,7 @@ def _percentile_cell(value: float | None) -> str:
 def group_rows(train: Sequence[Clip], test: Sequence[Clip], runs: dict[str, dict[str, float]]) -> list[dict]:
     """One row per (car, speed) group in the test set: training clips, test normal and anomalous clips,
     and per run the mean score percentile of the group's normal and anomalous test clips."""
-    n_train: dict[str, int] = {}
-    for c in train:
-        n_train[group_of(c)] = n_train.get(group_of(c), 0) + 1
+    n_train = Counter(group_of(c) for c in train)
     percentiles = {run: score_percentiles(scores) for run, scores in runs.items()}
     rows = []
     for group in sorted({group_of(c) for c in test}):
@@ -101,8 +100,8 @@ def roc(test: Sequence[Clip], scores: dict[str, float]) -> float:
     """AUC over every labelled test clip that has a score."""
     from trainer.metrics import auc
 
-    scored = [c for c in test if c.path.name in scores]
-    return auc([c.label == "anomaly" for c in scored], [scores[c.path.name] for c in scored])
+    scored = labelled_scores(test, scores)
+    return auc([c["anomaly"] for c in scored], [c["score"] for c in scored])
 
 
 def _has_normals(test: Sequence[Clip]) -> set[str]:
