@@ -79,3 +79,25 @@ def test_model_config_validation():
         ModelConfig(kind="mystery", n_frames=8, n_features=8)
     with pytest.raises(ParameterError):
         default_window("mystery")
+
+
+def test_calibration_windows_cover_rare_extremes(tmp_path):
+    """A dropout frame in one training window of thousands sets the int8 input range: a random
+    draw alone would miss it, and test clips holding such frames would saturate."""
+    from edge_asd.runtime import TFLiteModel
+    from trainer.train import representative_windows
+
+    rng = np.random.default_rng(0)
+    windows = np.clip(rng.standard_normal((5000, 5, 4)), -3, 3).astype(np.float32)
+    windows[1234, 2, 1], windows[4321, 0, 3] = -9.0, 7.0
+    rep = representative_windows(windows, 50, np.random.default_rng(1))
+    assert 50 < len(rep) <= 50 + 2 * 4
+    assert rep.min() == -9.0 and rep.max() == 7.0
+    assert len(np.unique(rep.reshape(len(rep), -1), axis=0)) == len(rep)
+
+    model = build_model(ModelConfig(kind="dense-ae", n_frames=5, n_features=4), batch_size=1)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(convert_models(model, rep)[1])
+    q = TFLiteModel(path).input_quant
+    lowest, highest = (-128 - q.zero_point) * q.scale, (127 - q.zero_point) * q.scale
+    assert lowest <= -9.0 + q.scale and highest >= 7.0 - q.scale

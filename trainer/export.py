@@ -260,7 +260,8 @@ def export_bundle(
         "float_size_bytes": paths["float"].stat().st_size,
         "conversion": "Keras batch-1 twin (recurrent layers unrolled) → TFLiteConverter.from_keras_model; "
         "int8: Optimize.DEFAULT, TFLITE_BUILTINS_INT8, int8 input/output, "
-        f"{len(result.representative)} representative training windows",
+        f"{len(result.representative)} representative training windows (random, plus each feature's lowest "
+        "and highest)",
         **describe(result),
         **dict(provenance or {}),
     }
