@@ -25,6 +25,8 @@ from benchmarks._common import REPO, machine, markdown_table  # sets one thread 
 
 import numpy as np  # noqa: E402
 
+from benchmarks.toycar import frames_label  # noqa: E402
+
 KINDS = ("dense-ae", "conv-ae", "lstm-ae", "cnn-lstm")
 RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "benchmarks" / "work"
@@ -77,7 +79,6 @@ def make_models(work: Path, *, quick: bool, seed: int = 0) -> tuple[dict[str, di
 def quick_parity(models: dict[str, dict[str, Any]], test_clips: list) -> list[dict[str, Any]]:
     """Float vs int8 AUC of each kind on the synthetic test clips (same harness as ``asd-train evaluate``)."""
     from edge_asd.bundle import read_bundle
-    from benchmarks.toycar import frames_label
     from trainer.evaluate import class_label_for, score_clips
     from trainer.metrics import auc, pauc
 
@@ -225,8 +226,6 @@ def main(argv: list[str] | None = None) -> int:
             toycar.run(list(KINDS), ["logmel", "ims"], 12, WORK / "toycar", [0])
             toycar = json.loads((RESULTS / "toycar.json").read_text())
             source = "DCASE 2023 ToyCar source test 50 + 50, trained in this run (seed 0, ≤ 12 epochs)"
-        from benchmarks.toycar import frames_label
-
         # The figures of each row; its feature config becomes one label, its per-clip scores stay in toycar.json.
         rows = [{**{k: v for k, v in row.items() if k not in ("feature_config", "int8_clip_scores")}, "frames": frames_label(row.get("feature_config"))}
                 for row in toycar["rows"]]

@@ -168,7 +168,7 @@ def representative_windows(windows: np.ndarray, n: int, rng: np.random.Generator
     picked = rng.choice(len(windows), size=min(len(windows), n), replace=False)
     per_feature_min = windows.min(axis=1).argmin(axis=0)
     per_feature_max = windows.max(axis=1).argmax(axis=0)
-    return windows[np.unique(np.concatenate([picked, per_feature_min, per_feature_max]))].copy()
+    return windows[np.unique(np.concatenate([picked, per_feature_min, per_feature_max]))]  # a copy: x_train can be freed
 
 
 def _split_validation(n: int, labels: Sequence[str], fraction: float, rng: np.random.Generator) -> np.ndarray:
