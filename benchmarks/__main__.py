@@ -47,7 +47,7 @@ def make_models(work: Path, *, quick: bool, seed: int = 0) -> tuple[dict[str, di
     """
     import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from edge_asd.frontend import FeatureConfig
     from trainer.datasets import attribute_group, read_dataset
     from trainer.export import export_bundle

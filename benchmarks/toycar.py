@@ -40,7 +40,7 @@ from edge_asd.errors import ParameterError
 if TYPE_CHECKING:
     from trainer.metrics import AucDifference
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EDGE_ASD_SHARED_DATA", REPO.parent / "shared" / "data")) / "dcase2023-toycar"

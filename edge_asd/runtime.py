@@ -48,7 +48,7 @@ def _import_tensorflow() -> Callable[..., Any]:
 
 
 _IMPORTERS = {"litert": _import_litert, "tflite_runtime": _import_tflite_runtime, "tensorflow": _import_tensorflow}
-_PIP = {"litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "tensorflow": "tensorflow-cpu"}
+_PIP = {"litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime", "tensorflow": "tensorflow"}
 
 
 def load_interpreter_class(runtime: RuntimeName = "auto") -> tuple[Callable[..., Any], str]:
@@ -138,6 +138,9 @@ class TFLiteModel:
             x = np.clip(np.rint(x / q.scale) + q.zero_point, self._qmin, self._qmax).astype(self.input_dtype)
         else:
             x = x.astype(self.input_dtype, copy=False)
+        # A fused UNIDIRECTIONAL_SEQUENCE_LSTM keeps its final state in variable tensors and starts
+        # the next invoke from it; every window is independent, so each starts from zero state.
+        self._interpreter.reset_all_variables()
         self._interpreter.set_tensor(self._input_index, x.reshape(self.input_shape))
         self._interpreter.invoke()
         y = self._interpreter.get_tensor(self._output_index)

@@ -11,7 +11,7 @@ from edge_asd.bundle import read_bundle  # noqa: E402
 from edge_asd.detector import Detector  # noqa: E402
 from edge_asd.errors import ParameterError  # noqa: E402
 from tests.bundle_factory import make_bundle  # noqa: E402
-from trainer.export import check_builtin_int8, convert_models, model_ops  # noqa: E402
+from trainer.export import check_builtin_int8, convert_models, export_twin, model_ops  # noqa: E402
 from trainer.models import MODEL_KINDS, ModelConfig, build_model, default_window  # noqa: E402
 
 MAX_INT8_BYTES = 256 * 1024
@@ -41,7 +41,7 @@ def test_full_size_models_fit_the_budget(kind, tmp_path):
         kind=kind, n_frames=n_frames, n_features=88,
         objective="id" if kind == "cnn-lstm" else "reconstruction", n_classes=26 if kind == "cnn-lstm" else 0,
     )
-    twin = build_model(cfg, batch_size=1, unroll=True)
+    twin = build_model(cfg, batch_size=1, export=True)
     rng = np.random.default_rng(0)
     twin.set_weights([w + 0.01 * rng.standard_normal(w.shape).astype(np.float32) for w in twin.get_weights()])
     _, int8 = convert_models(twin, rng.standard_normal((16, n_frames, 88)).astype(np.float32))
@@ -54,20 +54,35 @@ def test_full_size_models_fit_the_budget(kind, tmp_path):
     assert "TRANSPOSE_CONV" not in ops
 
 
-@pytest.mark.parametrize("kind", ["lstm-ae", "cnn-lstm"])
-def test_unrolled_twin_matches_trained_lstm(kind):
-    """The export twin (UnrolledLSTM, batch 1) computes the same function as the Keras LSTM."""
+@pytest.mark.parametrize("kind", MODEL_KINDS)
+def test_export_twin_matches_trained_model(kind, tmp_path):
+    """The tf_keras export twin (batch 1) computes the trained Keras 3 model's function, and so do
+    its float TFLite file and, within int8 rounding, its int8 file; recurrent layers become the
+    fused LSTM op."""
+    from edge_asd.runtime import TFLiteModel
+
     cfg = ModelConfig(kind=kind, n_frames=8, n_features=24, objective="id" if kind == "cnn-lstm" else "reconstruction",
                       n_classes=3 if kind == "cnn-lstm" else 0, width=8)
     trained = build_model(cfg)
     rng = np.random.default_rng(1)
     trained.set_weights([w + 0.1 * rng.standard_normal(w.shape).astype(np.float32) for w in trained.get_weights()])
-    twin = build_model(cfg, batch_size=1, unroll=True)
-    twin.set_weights(trained.get_weights())
+    twin = export_twin(trained, cfg)
     x = rng.standard_normal((3, 8, 24)).astype(np.float32)
-    a = trained.predict(x, verbose=0)
-    b = np.concatenate([twin.predict(x[i : i + 1], verbose=0) for i in range(3)])
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    expected = trained.predict(x, verbose=0)
+    np.testing.assert_allclose(np.concatenate([twin.predict(x[i : i + 1], verbose=0) for i in range(3)]), expected, atol=1e-5)
+
+    float_bytes, int8_bytes = convert_models(twin, rng.standard_normal((64, 8, 24)).astype(np.float32))
+    (tmp_path / "f.tflite").write_bytes(float_bytes)
+    (tmp_path / "q.tflite").write_bytes(int8_bytes)
+    as_float, as_int8 = TFLiteModel(tmp_path / "f.tflite"), TFLiteModel(tmp_path / "q.tflite")
+    # Twice over, in this order: a fused LSTM keeps its state between invokes unless reset, so a
+    # stale state would change the second pass.
+    for _ in range(2):
+        np.testing.assert_allclose(np.concatenate([as_float(x[i : i + 1]) for i in range(3)]), expected, atol=1e-4)
+        err = np.concatenate([as_int8(x[i : i + 1]) for i in range(3)]) - expected
+        assert np.sqrt(np.mean(err**2)) < 0.1 * np.std(expected) + 0.02
+    ops = check_builtin_int8(tmp_path / "q.tflite")
+    assert ("UNIDIRECTIONAL_SEQUENCE_LSTM" in ops) == (kind in ("lstm-ae", "cnn-lstm"))
 
 
 def test_model_config_validation():

@@ -1,11 +1,12 @@
 """Export a trained model into a bundle: float and full-int8 TFLite plus ``bundle.json``.
 
-- The network is rebuilt with a fixed batch of 1 and unrolled recurrent layers (see
-  :mod:`trainer.models`) and the trained weights are copied in.
+- The network is rebuilt with a fixed batch of 1 in ``tf_keras``, whose LSTMs convert to the fused
+  ``UNIDIRECTIONAL_SEQUENCE_LSTM`` builtin (see :mod:`trainer.models`), and the trained weights are
+  copied in layer by layer.
 - ``model_float.tflite``: the float reference. ``model_int8.tflite``: full-integer post-training
   quantisation (``TFLITE_BUILTINS_INT8``, int8 input and output) calibrated on training windows.
-- Tensor names are stripped from both files (the runtime addresses tensors by index), which
-  matters for unrolled LSTMs: hundreds of ops, each with long names.
+- Tensor names are stripped from both files (the runtime addresses tensors by index; names are
+  a few KB of each file).
 - Quantisation parameters are read back from the converted model, never computed here.
 - The threshold is the ``1 − false_alarm_rate`` quantile of the int8 model's scores on the held-out
   validation normal clips, scored through :class:`edge_asd.detector.Detector` (the device path).
@@ -31,7 +32,7 @@ from edge_asd.bundle import MODEL_FILES, Bundle, ModelInfo, Threshold, file_sha2
 from edge_asd.detector import Detector
 from edge_asd.errors import EdgeASDError, ParameterError
 from edge_asd.runtime import TFLiteModel
-from trainer.models import build_model
+from trainer.models import ModelConfig, build_model
 from trainer.train import TrainResult, describe
 
 __all__ = [
@@ -69,10 +70,14 @@ def _strip(flatbuffer: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def export_twin(result: TrainResult) -> Any:
-    """The batch-1, unrolled copy of the trained model used for conversion."""
-    twin = build_model(result.model_config, batch_size=1, unroll=True)
-    twin.set_weights(result.model.get_weights())
+def export_twin(model: Any, model_config: ModelConfig) -> Any:
+    """The batch-1 ``tf_keras`` copy of a trained Keras model (built from ``model_config``), for conversion."""
+    twin = build_model(model_config, batch_size=1, export=True)
+    # By name, not by position: an LSTM's kernel and recurrent kernel can have the same shape, so a
+    # positional copy in another order would load without error and compute something else.
+    for layer in twin.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
     return twin
 
 
@@ -82,7 +87,8 @@ def convert_models(model: Any, representative: np.ndarray) -> tuple[bytes, bytes
     Parameters
     ----------
     model
-        A Keras model with a fixed batch size of 1.
+        A Keras model with a fixed batch size of 1 (the ``tf_keras`` twin from :func:`export_twin`
+        for recurrent models: a Keras 3 LSTM does not convert to builtins).
     representative
         Normalised windows ``(n, n_frames, n_features)`` for calibrating int8 ranges.
     """
@@ -227,7 +233,7 @@ def export_bundle(
         raise ParameterError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    twin = export_twin(result)
+    twin = export_twin(result.model, result.model_config)
     float_bytes, int8_bytes = convert_models(twin, result.representative)
     paths = {which: out / name for which, name in MODEL_FILES.items()}
     for which, data in (("float", float_bytes), ("int8", int8_bytes)):
@@ -258,7 +264,7 @@ def export_bundle(
         "int8_ops": ops,
         "int8_size_bytes": paths["int8"].stat().st_size,
         "float_size_bytes": paths["float"].stat().st_size,
-        "conversion": "Keras batch-1 twin (recurrent layers unrolled) → TFLiteConverter.from_keras_model; "
+        "conversion": "tf_keras batch-1 twin (fused LSTM) → TFLiteConverter.from_keras_model; "
         "int8: Optimize.DEFAULT, TFLITE_BUILTINS_INT8, int8 input/output, "
         f"{len(result.representative)} representative training windows (random, plus each feature's lowest "
         "and highest)",

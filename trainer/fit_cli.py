@@ -164,7 +164,9 @@ def _default_protocol(root: Path, layout: str) -> str:
 def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, model, objective, feature_kind, n_mels, n_fft, hop_length, epochs,
         normalization, false_alarm_rate, run_evaluation, cache_dir, out) -> None:
     """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # 3, not 2: the `tensorflow` wheel logs a failed CUDA init as an error on every CPU-only machine;
+    # real failures still surface as Python exceptions.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     features = cli_features(feature_kind, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)  # before any data is read
     protocol = protocol or _default_protocol(data_root, layout)
     res = fit_bundle(

@@ -6,15 +6,16 @@ under 256 KB with the default widths and up to ~170 features per frame.
 
 Two builds of the same network exist (same weights, same layer names):
 
-- the *training* build: flexible batch, recurrent layers not unrolled (fast to train);
-- the *export* build (``batch_size=1, unroll=True``): Keras 3 converts a non-unrolled LSTM to a
-  ``WHILE`` loop over ``TensorList`` ops that need the TF Flex delegate, which no device runtime
-  has. Keras' own ``LSTM(unroll=True)`` at batch 1 converts to builtins but its stacked-gate
-  matmul + split comes out as a float ``DEQUANTIZE → SPLIT → QUANTIZE`` detour per layer. The
-  export build therefore uses :class:`UnrolledLSTM` (same weights, same maths, one matrix per
-  gate): every time step becomes int8 ``CONCATENATION``/``FULLY_CONNECTED``/``LOGISTIC``/``TANH``/
-  ``MUL``/``ADD`` builtins. The exporter rebuilds this twin from the :class:`ModelConfig` and
-  copies the trained weights.
+- the *training* build (Keras 3): flexible batch;
+- the *export* build (``export=True``: batch 1, built with ``tf_keras``, the Keras 2 API). Only
+  Keras 2's LSTM converts to TFLite's fused ``UNIDIRECTIONAL_SEQUENCE_LSTM`` builtin, whose integer
+  kernel keeps gates and cell state in int16 inside one op and whose weights are stored once.
+  Keras 3 converts a non-unrolled LSTM to a ``WHILE`` loop over ``TensorList`` ops that need the TF
+  Flex delegate, which no device runtime has; unrolled, every step becomes a chain of int8 ops that
+  re-rounds gates and cell state to 8 bits and stores the weights once per step. Measured on ToyCar
+  (lstm-ae, IMS, seed 0, `benchmarks/results/toycar.md`): int8 − float AUC −0.0168 and 189 KB
+  unrolled; +0.0028 and 53 KB fused. The exporter builds this twin from the :class:`ModelConfig`
+  and copies the trained weights layer by layer.
 
 Keras is imported lazily inside :func:`build_model` so importing this module is cheap.
 """
@@ -52,9 +53,9 @@ DEFAULT_WINDOWS: dict[str, tuple[int, int]] = {
     # number of windows per 10 s clip (~20) cheap to score on a Pi.
     "dense-ae": (5, 1),
     "conv-ae": (32, 16),
-    # lstm-ae: 8 frames (256 ms at the default hop). The int8 converter stores the recurrent
-    # weights once per unrolled step, so the file grows with the window: measured at 168 features,
-    # 16 steps × 24 units = 242 KB, 12 × 32 = 224 KB, 8 × 48 = 202 KB; 8 steps keep 48 units.
+    # lstm-ae: 8 frames (256 ms at the default hop), chosen when the export unrolled the LSTM and
+    # the file grew with every step (168 features: 16 steps × 24 units = 242 KB, 8 × 48 = 202 KB).
+    # The fused LSTM op stores its weights once (53 KB at 8 × 48); the window was not re-tuned.
     "lstm-ae": (8, 4),
     "cnn-lstm": (32, 16),
 }
@@ -117,28 +118,32 @@ def default_window(kind: str) -> tuple[int, int]:
     return DEFAULT_WINDOWS[kind]
 
 
-def _keras():
+def _keras(export: bool) -> Any:
+    """Keras 3 for training; ``tf_keras`` (Keras 2) for the export twin (see the module docstring)."""
+    if export:
+        import tf_keras
+
+        return tf_keras
     import keras
 
     return keras
 
 
-def _input(cfg: ModelConfig, batch_size: int | None, *, channels: bool):
-    keras = _keras()
+def _input(keras: Any, cfg: ModelConfig, batch_size: int | None, *, channels: bool):
     shape = (cfg.n_frames, cfg.n_features, 1) if channels else (cfg.n_frames, cfg.n_features)
     return keras.Input(shape=shape, batch_size=batch_size, name="window")
 
 
-def dense_ae(cfg: ModelConfig, *, batch_size: int | None = None) -> Any:
+def dense_ae(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = False) -> Any:
     """The DCASE 2020 Task 2 / MLPerf Tiny reference autoencoder.
 
     ``n_frames × n_features`` flattened → 4 × (Dense 128, BN, ReLU) → Dense 8 (BN, ReLU) →
     4 × (Dense 128, BN, ReLU) → Dense ``n_frames·n_features`` → reshaped back to the window.
     """
-    keras = _keras()
+    keras = _keras(export)
     layers = keras.layers
     width = cfg.width or 128
-    inp = _input(cfg, batch_size, channels=False)
+    inp = _input(keras, cfg, batch_size, channels=False)
     x = layers.Flatten(name="flatten")(inp)
 
     def block(x, units: int, name: str):
@@ -160,7 +165,7 @@ def _pad_to(n: int, multiple: int) -> int:
     return (-n) % multiple
 
 
-def conv_ae(cfg: ModelConfig, *, batch_size: int | None = None) -> Any:
+def conv_ae(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = False) -> Any:
     """A small convolutional autoencoder (the DCAE family of seeds 003/004).
 
     Three strided 3×3 conv blocks (``w, 2w, 2w`` filters; BN, ReLU) halve time and frequency each,
@@ -168,11 +173,11 @@ def conv_ae(cfg: ModelConfig, *, batch_size: int | None = None) -> Any:
     upsampling, 3×3 conv). The window is zero-padded to a multiple of 8 in both axes and cropped at
     the output, so any window size works.
     """
-    keras = _keras()
+    keras = _keras(export)
     layers = keras.layers
     w = cfg.width or 16
     pad_t, pad_f = _pad_to(cfg.n_frames, 8), _pad_to(cfg.n_features, 8)
-    inp = _input(cfg, batch_size, channels=False)
+    inp = _input(keras, cfg, batch_size, channels=False)
     x = layers.Reshape((cfg.n_frames, cfg.n_features, 1), name="to_image")(inp)
     if pad_t or pad_f:
         x = layers.ZeroPadding2D(((0, pad_t), (0, pad_f)), name="pad")(x)
@@ -210,91 +215,28 @@ def conv_ae(cfg: ModelConfig, *, batch_size: int | None = None) -> Any:
     return keras.Model(inp, out, name="conv_ae")
 
 
-def _unrolled_lstm_class():
-    keras = _keras()
-    ops = keras.ops
-
-    class UnrolledLSTM(keras.layers.Layer):
-        """An LSTM written out step by step, for conversion only (batch 1, fixed length).
-
-        Same weights and maths as ``keras.layers.LSTM`` (gates i, f, c, o; sigmoid / tanh), so the
-        trained LSTM's weights load unchanged. Each gate gets its own ``[W_x; W_h]`` matrix applied
-        to ``concat(x_t, h)``: Keras' own unrolled cell multiplies by the stacked 4-gate matrix and
-        splits the result, which the int8 converter turns into a float ``DEQUANTIZE → SPLIT →
-        QUANTIZE`` detour; per-gate matrices give only int8 ``FULLY_CONNECTED`` ops.
-        """
-
-        def __init__(self, units: int, return_sequences: bool = False, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.units = units
-            self.return_sequences = return_sequences
-
-        def build(self, input_shape: Any) -> None:
-            n_in = int(input_shape[-1])
-            u = self.units
-            self.kernel = self.add_weight(shape=(n_in, 4 * u), name="kernel")
-            self.recurrent_kernel = self.add_weight(shape=(u, 4 * u), name="recurrent_kernel")
-            self.bias = self.add_weight(shape=(4 * u,), name="bias", initializer="zeros")
-
-        def call(self, x: Any) -> Any:
-            u = self.units
-            gates = [
-                (
-                    ops.concatenate([self.kernel[:, g * u : (g + 1) * u], self.recurrent_kernel[:, g * u : (g + 1) * u]], axis=0),
-                    self.bias[g * u : (g + 1) * u],
-                )
-                for g in range(4)
-            ]
-            n_steps = x.shape[1]
-            h = ops.zeros((x.shape[0], u), dtype=x.dtype)
-            c = ops.zeros((x.shape[0], u), dtype=x.dtype)
-            outputs = []
-            for t in range(n_steps):
-                xh = ops.concatenate([x[:, t, :], h], axis=-1)
-                z = [ops.matmul(xh, w) + b for w, b in gates]
-                i, f, o = ops.sigmoid(z[0]), ops.sigmoid(z[1]), ops.sigmoid(z[3])
-                c = f * c + i * ops.tanh(z[2])
-                h = o * ops.tanh(c)
-                outputs.append(h)
-            return ops.stack(outputs, axis=1) if self.return_sequences else h
-
-        def compute_output_shape(self, input_shape: Any) -> tuple:
-            if self.return_sequences:
-                return (input_shape[0], input_shape[1], self.units)
-            return (input_shape[0], self.units)
-
-    return UnrolledLSTM
-
-
-def _lstm(units: int, *, return_sequences: bool, unroll: bool, name: str) -> Any:
-    """A trainable Keras LSTM, or (``unroll=True``) its step-by-step twin for int8 export."""
-    if unroll:
-        return _unrolled_lstm_class()(units, return_sequences=return_sequences, name=name)
-    return _keras().layers.LSTM(units, return_sequences=return_sequences, name=name)
-
-
-def lstm_ae(cfg: ModelConfig, *, batch_size: int | None = None, unroll: bool = False) -> Any:
+def lstm_ae(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = False) -> Any:
     """Seed 002's sequential LSTM autoencoder, sized for the edge.
 
     Dense frame embedding (``w`` units) → LSTM(``w``) → LSTM(bottleneck) → RepeatVector →
     LSTM(bottleneck) → LSTM(``w``) → time-distributed Dense(``n_features``). The per-frame embedding
     keeps the LSTM input small (an LSTM's weights grow with 4·units·(inputs + units)).
     """
-    keras = _keras()
+    keras = _keras(export)
     layers = keras.layers
     w, b = cfg.width or 48, cfg.bottleneck or 16
-    inp = _input(cfg, batch_size, channels=False)
+    inp = _input(keras, cfg, batch_size, channels=False)
     x = layers.Dense(w, activation="relu", name="embed")(inp)
-    x = _lstm(w, return_sequences=True, unroll=unroll, name="enc_lstm0")(x)
-    x = _lstm(b, return_sequences=False, unroll=unroll, name="enc_lstm1")(x)
+    x = layers.LSTM(w, return_sequences=True, name="enc_lstm0")(x)
+    x = layers.LSTM(b, return_sequences=False, name="enc_lstm1")(x)
     x = layers.RepeatVector(cfg.n_frames, name="repeat")(x)
-    x = _lstm(b, return_sequences=True, unroll=unroll, name="dec_lstm0")(x)
-    x = _lstm(w, return_sequences=True, unroll=unroll, name="dec_lstm1")(x)
+    x = layers.LSTM(b, return_sequences=True, name="dec_lstm0")(x)
+    x = layers.LSTM(w, return_sequences=True, name="dec_lstm1")(x)
     out = layers.Dense(cfg.n_features, name="out")(x)  # Dense on 3-D input is time-distributed
     return keras.Model(inp, out, name="lstm_ae")
 
 
-def cnn_lstm(cfg: ModelConfig, *, batch_size: int | None = None, unroll: bool = False) -> Any:
+def cnn_lstm(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = False) -> Any:
     """Seed 000's CNN → LSTM over time, as a classifier returning **logits** (no softmax: an int8
     softmax output would cap −log p at ~5.5; the score is computed on the host).
 
@@ -303,12 +245,12 @@ def cnn_lstm(cfg: ModelConfig, *, batch_size: int | None = None, unroll: bool = 
     a dense head gives ``n_classes`` logits (``id``: machine ID / attribute group; ``supervised``:
     normal vs anomaly).
     """
-    keras = _keras()
+    keras = _keras(export)
     layers = keras.layers
     w = cfg.width or 16
     pad_f = _pad_to(cfg.n_features, 32)
     pad_t = _pad_to(cfg.n_frames, 2)
-    inp = _input(cfg, batch_size, channels=False)
+    inp = _input(keras, cfg, batch_size, channels=False)
     x = layers.Reshape((cfg.n_frames, cfg.n_features, 1), name="to_image")(inp)
     if pad_t or pad_f:
         x = layers.ZeroPadding2D(((0, pad_t), (0, pad_f)), name="pad")(x)
@@ -322,7 +264,7 @@ def cnn_lstm(cfg: ModelConfig, *, batch_size: int | None = None, unroll: bool = 
     # input at 2w features whatever the number of bands.
     x = layers.AveragePooling2D((1, f), name="freq_pool")(x)
     x = layers.Reshape((t, 2 * w), name="to_sequence")(x)
-    x = _lstm(2 * w, return_sequences=False, unroll=unroll, name="lstm")(x)
+    x = layers.LSTM(2 * w, return_sequences=False, name="lstm")(x)
     if cfg.dropout:
         x = layers.Dropout(cfg.dropout, name="dropout")(x)
     x = layers.Dense(2 * w, activation="relu", name="head_dense")(x)
@@ -330,7 +272,7 @@ def cnn_lstm(cfg: ModelConfig, *, batch_size: int | None = None, unroll: bool = 
     return keras.Model(inp, out, name="cnn_lstm")
 
 
-def build_model(cfg: ModelConfig, *, batch_size: int | None = None, unroll: bool = False) -> Any:
+def build_model(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = False) -> Any:
     """Build the Keras model described by ``cfg``.
 
     Parameters
@@ -339,19 +281,15 @@ def build_model(cfg: ModelConfig, *, batch_size: int | None = None, unroll: bool
         The network description.
     batch_size
         ``None`` (training: any batch) or 1 (export: the device runs one window at a time).
-    unroll
-        Unroll recurrent layers (export only; required for a pure-builtin int8 LSTM).
+    export
+        Build the conversion twin with ``tf_keras`` (use with ``batch_size=1``), whose LSTM converts
+        to the fused int8 TFLite op; see the module docstring.
 
     Returns
     -------
-    keras.Model
+    keras.Model or tf_keras.Model
         Input ``(batch, n_frames, n_features)``; output the same shape (autoencoders) or
         ``(batch, n_classes)`` logits (classifiers).
     """
-    if cfg.kind == "dense-ae":
-        return dense_ae(cfg, batch_size=batch_size)
-    if cfg.kind == "conv-ae":
-        return conv_ae(cfg, batch_size=batch_size)
-    if cfg.kind == "lstm-ae":
-        return lstm_ae(cfg, batch_size=batch_size, unroll=unroll)
-    return cnn_lstm(cfg, batch_size=batch_size, unroll=unroll)
+    builders = {"dense-ae": dense_ae, "conv-ae": conv_ae, "lstm-ae": lstm_ae, "cnn-lstm": cnn_lstm}
+    return builders[cfg.kind](cfg, batch_size=batch_size, export=export)
