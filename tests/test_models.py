@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -28,9 +33,24 @@ def test_kind_trains_exports_and_scores(kind, tmp_path, tiny_wavs):
     from edge_asd.audio import read_wav
 
     samples, sr = read_wav(tiny_wavs["anomaly"][0])
+    scores = {}
     for which in ("int8", "float"):
-        score = Detector(bundle, model=which).score_clip(samples, sr=sr, class_label=label)
-        assert np.isfinite(score)
+        scores[which] = Detector(bundle, model=which).score_clip(samples, sr=sr, class_label=label)
+        assert np.isfinite(scores[which])
+    # The device's view: LiteRT in a process that never imports TensorFlow gives the same score.
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from edge_asd.audio import read_wav
+        from edge_asd.detector import Detector
+        samples, sr = read_wav({str(tiny_wavs["anomaly"][0])!r})
+        print(Detector.from_bundle({str(path)!r}).score_clip(samples, sr=sr, class_label={label!r}))
+        assert not any(m.startswith(("tensorflow", "keras", "tf_keras")) for m in sys.modules), "TensorFlow was imported"
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.split()[-1]) == pytest.approx(scores["int8"], rel=1e-6)
 
 
 @pytest.mark.parametrize("kind", MODEL_KINDS)
