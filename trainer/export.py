@@ -5,8 +5,7 @@
   copied in layer by layer.
 - ``model_float.tflite``: the float reference. ``model_int8.tflite``: full-integer post-training
   quantisation (``TFLITE_BUILTINS_INT8``, int8 input and output) calibrated on training windows.
-- Tensor names are stripped from both files (the runtime addresses tensors by index; names are
-  a few KB of each file).
+- Tensor names are stripped from both files (the runtime addresses tensors by index).
 - Quantisation parameters are read back from the converted model, never computed here.
 - The threshold is the ``1 − false_alarm_rate`` quantile of the int8 model's scores on the held-out
   validation normal clips, scored through :class:`edge_asd.detector.Detector` (the device path).
@@ -87,14 +86,14 @@ def convert_models(model: Any, representative: np.ndarray) -> tuple[bytes, bytes
     Parameters
     ----------
     model
-        A Keras model with a fixed batch size of 1 (the ``tf_keras`` twin from :func:`export_twin`
-        for recurrent models: a Keras 3 LSTM does not convert to builtins).
+        A Keras model with a fixed batch size of 1: the ``tf_keras`` twin from :func:`export_twin`
+        (a Keras 3 LSTM does not convert to builtins).
     representative
         Normalised windows ``(n, n_frames, n_features)`` for calibrating int8 ranges.
     """
     import tensorflow as tf
 
-    # Keras 3's export path prints the traced signature to stdout; keep CLI output readable.
+    # The Keras export path can print the traced signature to stdout; keep CLI output readable.
     with contextlib.redirect_stdout(io.StringIO()):
         float_bytes = tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
