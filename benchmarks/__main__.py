@@ -45,9 +45,6 @@ def make_models(work: Path, *, quick: bool, seed: int = 0) -> tuple[dict[str, di
     The models only need their real shapes for latency; their quality on this data is reported in
     quick mode as a parity check, the real quality figures come from ToyCar.
     """
-    import os
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from edge_asd.frontend import FeatureConfig
     from trainer.datasets import attribute_group, read_dataset
     from trainer.export import export_bundle

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from trainer import quiet_tensorflow_logs
+
 # One thread everywhere, set before numpy / BLAS / TensorFlow are imported by the caller, so the
 # figures are per core and comparable between machines.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
     os.environ.setdefault(_var, "1")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+quiet_tensorflow_logs()
 
 import numpy as np  # noqa: E402
 

@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING
 import click
 
 from edge_asd.errors import ParameterError
+from trainer import quiet_tensorflow_logs
 
 if TYPE_CHECKING:
     from trainer.metrics import AucDifference
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+quiet_tensorflow_logs()
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EDGE_ASD_SHARED_DATA", REPO.parent / "shared" / "data")) / "dcase2023-toycar"

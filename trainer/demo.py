@@ -20,6 +20,8 @@ from typing import Any
 
 import click
 
+from trainer import quiet_tensorflow_logs
+
 __all__ = ["run_demo", "stream_demo", "demo"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,9 +45,7 @@ def run_demo(
     Paths), ``test_labels`` (``"normal"``/``"anomaly"``), ``evaluation`` (the JSON summary) and
     ``elapsed_s``. The device side can stream ``test_clips`` through ``bundle`` next.
     """
-    # 3, not 2: the `tensorflow` wheel logs a failed CUDA init as an error on every CPU-only machine;
-    # real failures still surface as Python exceptions.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow_logs()
     from edge_asd.frontend import FeatureConfig
     from trainer.fit_cli import fit_bundle
     from trainer.synth import generate_dataset

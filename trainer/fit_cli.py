@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -11,6 +10,7 @@ import click
 
 from edge_asd.errors import ParameterError
 from edge_asd.frontend import FeatureConfig
+from trainer import quiet_tensorflow_logs
 
 __all__ = ["fit", "evaluate", "select_split", "fit_bundle"]
 
@@ -164,9 +164,7 @@ def _default_protocol(root: Path, layout: str) -> str:
 def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, model, objective, feature_kind, n_mels, n_fft, hop_length, epochs,
         normalization, false_alarm_rate, run_evaluation, cache_dir, out) -> None:
     """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it."""
-    # 3, not 2: the `tensorflow` wheel logs a failed CUDA init as an error on every CPU-only machine;
-    # real failures still surface as Python exceptions.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    quiet_tensorflow_logs()
     features = cli_features(feature_kind, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)  # before any data is read
     protocol = protocol or _default_protocol(data_root, layout)
     res = fit_bundle(

@@ -13,10 +13,10 @@ Two builds of the same network exist (same weights, same layer names):
   Keras 3 converts a non-unrolled LSTM to a ``WHILE`` loop over ``TensorList`` ops that need the TF
   Flex delegate, which no device runtime has; unrolled, every step becomes a chain of int8 ops that
   re-rounds gates and cell state to 8 bits and stores the weights once per step. Measured on ToyCar
-  (lstm-ae, IMS, seed 0, `benchmarks/results/toycar.md`): int8 − float AUC −0.0168 and 189 KB
-  unrolled; +0.0028 and 53 KB fused. The cost is speed: LiteRT's XNNPACK delegate does not take the
-  integer LSTM kernel, so an int8 lstm-ae window takes ~0.4 ms instead of ~0.08 ms there
-  (`python -m benchmarks`). The exporter builds this twin from the :class:`ModelConfig` and copies
+  (lstm-ae, IMS, seed 0, `python -m benchmarks.toycar`): int8 − float AUC −0.0168 and 189 KB
+  unrolled (at commit d7c5b2e, the last with the unrolled export); +0.0028 and 53 KB fused. The
+  cost is speed: LiteRT's XNNPACK delegate does not take the integer LSTM kernel, so an int8
+  lstm-ae window takes ~0.4 ms instead of ~0.08 ms (`python -m benchmarks`, same two commits). The exporter builds this twin from the :class:`ModelConfig` and copies
   the trained weights layer by layer.
 
 Keras is imported lazily inside :func:`build_model` so importing this module is cheap.
