@@ -162,7 +162,8 @@ def calibrate(bundle, input_spec, config_path, seconds, false_alarms_per_day, pe
 
     The audio is scored as the service scores it; a gamma is fitted to the tail of the period
     scores and the threshold is set for the requested false alarms per day. The previous threshold
-    is kept in the bundle's history.
+    is kept in the bundle's history. calibrate re-sets the threshold; enroll re-fits normalisation +
+    score scaling + threshold; 'enroll --rollback' returns to factory.
     """
     from edge_asd.audio.sources import open_source
     from edge_asd.bundle import update_threshold
@@ -185,7 +186,9 @@ def calibrate(bundle, input_spec, config_path, seconds, false_alarms_per_day, pe
     if dry_run:
         click.echo("dry run: bundle not changed")
         return
-    update_threshold(bundle, threshold_record(result, input_desc=what, model=model))
+    label = class_label or config.device.class_label
+    calibrated_for = {"period_s": period, "model": model, "class_label": label, "n_channels": source.n_channels}
+    update_threshold(bundle, threshold_record(result, input_desc=what, model=model, calibrated_for=calibrated_for))
     click.echo(f"threshold written to {Path(bundle) / 'bundle.json'}")
 
 
@@ -226,7 +229,9 @@ def score(bundle, inputs, csv_path, model, class_label, threshold) -> None:
             samples, sr = read_wav(path)
             value = detector.score_clip(samples, sr=sr)
         except EdgeASDError as exc:
-            click.echo(f"error: {exc}", err=True)
+            # Name the file also when the error comes from past the reader (a clip too short for one window).
+            message = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+            click.echo(f"error: {message}", err=True)
             failed += 1
             continue
         rows.append((str(path), value, int(value > thr)))
@@ -279,8 +284,17 @@ def info(bundle, no_model) -> None:
     click.echo(f"window     {w.n_frames} frames, hop {w.hop_frames} ({w.n_frames * f.hop_length / f.sr:.2f} s)")
     click.echo(f"threshold  {t.value:.6g} ({t.method}, from {t.source}, {t.created}"
                + (f", {t.false_alarms_per_day:g}/day at {t.period_s:g} s periods" if t.false_alarms_per_day and t.period_s else "") + ")")
+    for line in str(t.details.get("statement", "")).splitlines():
+        click.echo(f"           {line}")
+    if t.calibrated_for:
+        click.echo("           calibrated for " + ", ".join(f"{k} {v}" for k, v in t.calibrated_for.items()))
     for old in t.history:
         click.echo(f"  earlier  {old.get('value'):.6g} ({old.get('method')}, from {old.get('source')}, {old.get('created')})")
+    click.echo(f"score scale mean {b.score_scaling.mean:.6g}, std {b.score_scaling.std:.6g} (window scores are (raw - mean) / std)")
+    from edge_asd.enrollment import describe_enrollment
+
+    for line in describe_enrollment(b):
+        click.echo(line)
     if b.metrics:
         click.echo("metrics    " + json.dumps(dict(b.metrics), sort_keys=True, default=str)[:500])
     if b.provenance:
@@ -355,6 +369,12 @@ def bench(bundle, model, seconds, channels, repeats, num_threads, class_label) -
     click.echo(f"front end         {min(fronts) * 1e3:.2f} ms per {seconds:g} s (real-time factor {min(fronts) / seconds:.5f})")
     click.echo(f"end to end        best {best * 1e3:.2f} ms, median {med * 1e3:.2f} ms per {seconds:g} s")
     click.echo(f"real-time factor  {best / seconds:.5f} (best), {med / seconds:.5f} (median)")
+
+
+from edge_asd.record_cli import record  # noqa: E402
+cli.add_command(record)
+from edge_asd.enroll_cli import enroll  # noqa: E402
+cli.add_command(enroll)
 
 
 def run_cli(group: click.Group, prog_name: str, argv: list[str] | None = None) -> None:
