@@ -37,6 +37,7 @@ import click
 
 from edge_asd.errors import ParameterError
 from trainer import quiet_tensorflow_logs
+from trainer.recipes import RECIPES, recipe_for_model
 
 if TYPE_CHECKING:
     from trainer.metrics import AucDifference
@@ -47,18 +48,15 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("EDGE_ASD_SHARED_DATA", REPO.parent / "shared" / "data")) / "dcase2023-toycar"
 RESULTS = REPO / "benchmarks" / "results"
 
-# Per-kind training settings. normalization="global" (bands centred, one common scale, as the DCASE
+# Per-kind training settings come from the product's recipes (trainer/recipes.py): the short-frame
+# recipe of each kind. normalization="global" (bands centred, one common scale, as the DCASE
 # baseline's raw dB) measured better than per-band standardisation for every kind here (float AUC,
-# 1024/512 log-Mel, seed 0: dense-ae 0.598 → 0.643, conv-ae 0.594 → 0.602, lstm-ae 0.588 → 0.614).
-SETTINGS = {
-    "dense-ae": {"batch_size": 512, "normalization": "global"},
-    # conv-ae: 8-frame windows (32 ms at the short frames) every 4 frames. Measured against its
-    # default 32-frame window (scratch runs, log-Mel, seed 0, int8): 0.790 against 0.667.
-    "conv-ae": {"batch_size": 64, "normalization": "global", "n_frames": 8, "hop_frames": 4},
-    "lstm-ae": {"batch_size": 64, "normalization": "global"},
-    "cnn-lstm": {"batch_size": 64, "dropout": 0.2, "normalization": "global"},
-}
-TRAIN_HOP_S = 0.032
+# 1024/512 log-Mel, seed 0: dense-ae 0.598 → 0.643, conv-ae 0.594 → 0.602, lstm-ae 0.588 → 0.614);
+# conv-ae's 8-frame windows every 4 frames against its default 32-frame window (scratch runs,
+# log-Mel, seed 0, int8): 0.790 against 0.667.
+SETTINGS = {kind: recipe_for_model(kind) for kind in ("dense-ae", "conv-ae", "lstm-ae", "cnn-lstm")}
+"""Model kind → its short-frame :class:`trainer.recipes.Recipe`, in the table's order."""
+TRAIN_HOP_S = SETTINGS["conv-ae"].train_hop_s
 """Seconds between training windows, every kind: ~114 k windows from the 306 training clips at any frame hop."""
 
 # The front end. Short frames: 8 ms FFTs every 4 ms, 16 mel bands. ToyCar's anomalies (a chipped
@@ -69,11 +67,12 @@ TRAIN_HOP_S = 0.032
 #   128/64, 32 mels:  0.737 / 0.729 / 0.738      128/64, 16 mels:  0.762 / 0.744 / 0.750
 #   64/32, 16 mels:   0.674 / 0.662 / 0.663
 # Chosen on this test set (there is no labelled validation set): see the README's caveat.
-N_FFT, HOP_LENGTH, N_MELS, N_SINC = 128, 64, 16, 24
+N_FFT, HOP_LENGTH, N_MELS, N_SINC = (SETTINGS["conv-ae"].n_fft, SETTINGS["conv-ae"].hop_length,
+                                     SETTINGS["conv-ae"].n_mels, SETTINGS["conv-ae"].n_sinc)
 
 REFERENCE = "dcase"
 """Feature label of the reference system: dense-ae on log-Mel with DCASE's frames, :data:`REFERENCE_FRAMES`."""
-REFERENCE_FRAMES = {"n_fft": 1024, "hop_length": 512, "n_mels": 64}
+REFERENCE_FRAMES = {k: getattr(RECIPES["dcase-reference"], k) for k in ("n_fft", "hop_length", "n_mels")}
 """DCASE's 64 ms FFT every 32 ms. DCASE feeds 128 mels; 5 × 128 inputs would pass 256 KB of int8 model."""
 
 
@@ -99,11 +98,9 @@ def features_for(kind: str, *, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH,
 
 
 def train_config(kind: str, features, *, epochs: int, seed: int):
-    """:class:`TrainConfig` of a kind: :data:`SETTINGS`, training windows every :data:`TRAIN_HOP_S`."""
-    from trainer.train import TrainConfig
-
-    train_hop = max(1, round(TRAIN_HOP_S * features.sr / features.hop_length))
-    return TrainConfig(model=kind, epochs=epochs, seed=seed, train_hop_frames=train_hop, **SETTINGS[kind])
+    """:class:`TrainConfig` of a kind: its short-frame recipe, training windows every :data:`TRAIN_HOP_S`."""
+    recipe = SETTINGS[kind].with_overrides(sr=features.sr, n_fft=features.n_fft, hop_length=features.hop_length, n_mels=features.n_mels)
+    return recipe.train_config(seed=seed, epochs=epochs)
 
 
 def run(models: list[str], feature_kinds: list[str], epochs: int, out: Path, seeds: list[int], name: str = "toycar",

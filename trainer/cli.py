@@ -17,6 +17,7 @@ _COMMANDS = {
     "inspect": ("trainer.datasets_cli", "inspect", "List a data set's clips by layout, machine, ID and split."),
     "fit": ("trainer.fit_cli", "fit", "Train a model on normal sound, export a bundle, evaluate it."),
     "evaluate": ("trainer.fit_cli", "evaluate", "Score a data set with a bundle's float and int8 models."),
+    "recipes": ("trainer.fit_cli", "recipes", "List the training recipes: what each sets, where it was measured."),
     "demo": ("trainer.demo", "demo", "The end-to-end demo on built-in synthetic data."),
 }
 

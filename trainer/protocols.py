@@ -14,6 +14,12 @@ The protocol names are the ones reports carry (``../shared/docs/design.md``):
 ``"holdout-n"``
     Seed 004's protocol: ``n`` normal and ``n`` anomalous clips held out for testing, training on the
     remaining normal clips; repeated over seeds by the caller.
+``"normal-only"``
+    For recordings of a machine running normally, the common case in the field: a seeded
+    :data:`NORMAL_ONLY_TEST_FRACTION` of the normal clips (whole clips, at least
+    :data:`NORMAL_ONLY_MIN_TEST` of them) is held out to measure the normal score distribution and
+    the false alarms to expect; every anomalous clip there is (an ``abnormal/`` folder) joins the
+    test set, so AUC and pAUC are reported when anomalies exist and nothing fails when none do.
 
 Random choices use a generator derived from the seed *and the group's name*, so a group's split does
 not change when other machines or IDs are added to or removed from the dataset.
@@ -38,10 +44,17 @@ __all__ = [
     "holdout_n",
     "make_splits",
     "mimii_splits",
+    "normal_only",
     "supervised_8020",
+    "MIN_NORMAL_CLIPS",
 ]
 
-PROTOCOLS = ("mimii", "dcase", "supervised-8020", "holdout-n")
+PROTOCOLS = ("mimii", "dcase", "supervised-8020", "holdout-n", "normal-only")
+NORMAL_ONLY_TEST_FRACTION = 0.2
+NORMAL_ONLY_MIN_TEST = 2
+MIN_NORMAL_CLIPS = 10
+"""Fewer normal clips than this cannot train, hold out validation clips and test (about 100 s of audio
+at 10 s per clip; a few minutes are better)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,7 +179,7 @@ def mimii_splits(clips: Sequence[Clip], *, seed: int) -> list[Split]:
         if not anomalies:
             raise DatasetError(
                 f"{where}: no anomalous clips (e.g. {members[0].path.parent.parent}); the 'mimii' protocol "
-                "tests on all anomalous clips of each group - use 'holdout-n' or add the abnormal/ folder"
+                "tests on all anomalous clips of each group - use --protocol normal-only (no anomalies needed) or add the abnormal/ folder"
             )
         if len(normals) <= len(anomalies):
             raise DatasetError(
@@ -207,7 +220,7 @@ def dcase_split(clips: Sequence[Clip]) -> Split:
     if no_split:
         raise DatasetError(
             f"{no_split[0].path}: has no train/test folder; the 'dcase' protocol needs a DCASE layout - "
-            "use 'mimii' or 'holdout-n' for this dataset"
+            "use --protocol normal-only (or mimii / holdout-n where there are anomalous clips) for this dataset"
         )
     train = _sorted(c for c in clips if c.split == "train")
     test = _sorted(c for c in clips if c.split == "test")
@@ -221,7 +234,10 @@ def dcase_split(clips: Sequence[Clip]) -> Split:
     where = ",".join(machines)
     if not train or not test:
         missing = "train" if not train else "test"
-        raise DatasetError(f"{where}: no clips in the {missing}/ folder; the 'dcase' protocol needs both")
+        raise DatasetError(
+            f"{where}: no clips in the {missing}/ folder; the 'dcase' protocol needs both - use --protocol "
+            "normal-only to hold out normal clips for testing instead"
+        )
     return Split(
         name=_group_name("dcase", *machines),
         protocol="dcase",
@@ -252,6 +268,7 @@ def supervised_8020(clips: Sequence[Clip], *, seed: int) -> Split:
         if labels.count(label) < 2:
             raise DatasetError(
                 f"the 'supervised-8020' protocol needs at least 2 {label} clips to stratify, got {labels.count(label)}"
+                + ("; without anomalous clips use --protocol normal-only" if label == "anomaly" else "")
             )
     fine = [f"{c.machine}|{c.id}|{c.snr_db}|{c.label}" for c in clips]
     strata = fine if min(fine.count(k) for k in set(fine)) >= 2 else labels
@@ -292,7 +309,10 @@ def holdout_n(clips: Sequence[Clip], *, n: int, seed: int) -> Split:
     machines = sorted({c.machine for c in clips})
     where = ",".join(machines)
     if len(anomalies) < n:
-        raise DatasetError(f"{where}: n={n} but only {len(anomalies)} anomalous clip(s); lower --n")
+        raise DatasetError(
+            f"{where}: n={n} but only {len(anomalies)} anomalous clip(s); lower --n"
+            + (" or, without anomalous clips, use --protocol normal-only" if not anomalies else "")
+        )
     if len(normals) <= n:
         raise DatasetError(f"{where}: n={n} but only {len(normals)} normal clip(s), none would be left to train; lower --n")
     name = _group_name("holdout-n", *machines, f"n{n}", f"seed{seed}")
@@ -305,6 +325,57 @@ def holdout_n(clips: Sequence[Clip], *, n: int, seed: int) -> Split:
         name=name,
         protocol="holdout-n",
         description=f"{where}: {n} normal + {n} anomalous clips held out (seed {seed}), "
+        f"{len(train)} normal clips train",
+        train=train,
+        test=test,
+        seed=seed,
+    )
+
+
+def check_enough_normal(clips: Sequence[Clip], where: str) -> None:
+    """Raise a :class:`DatasetError` that says how much audio is needed when there are fewer than
+    :data:`MIN_NORMAL_CLIPS` normal clips."""
+    n = sum(c.label == "normal" for c in clips)
+    if n < MIN_NORMAL_CLIPS:
+        raise DatasetError(
+            f"{where}: {n} normal clip(s); training needs at least {MIN_NORMAL_CLIPS} (about "
+            f"{MIN_NORMAL_CLIPS * 10} s of normal sound in 10 s clips, and 5 minutes or more train better): "
+            "record more, e.g. edge-asd record OUT_DIR --seconds 600"
+        )
+
+
+def normal_only(clips: Sequence[Clip], *, seed: int) -> Split:
+    """The normal-only protocol: hold out whole normal clips (seeded) for testing; anomalies, if any, test too.
+
+    Unlabelled clips (DCASE evaluation sets) are left out. Training is on the remaining normal
+    clips; the trainer holds out a further validation share of those for early stopping and the
+    exported threshold.
+
+    Raises
+    ------
+    DatasetError
+        Fewer than :data:`MIN_NORMAL_CLIPS` normal clips (the message says how much audio is needed).
+    """
+    seed = _check_seed(seed)
+    clips = _sorted(c for c in _nonempty(clips, "normal-only") if c.label != "unknown")
+    machines = sorted({c.machine for c in clips})
+    where = ",".join(machines) or "the data set"
+    check_enough_normal(clips, where)
+    normals = [c for c in clips if c.label == "normal"]
+    anomalies = [c for c in clips if c.label == "anomaly"]
+    name = _group_name("normal-only", *machines, f"seed{seed}")
+    n_test = max(NORMAL_ONLY_MIN_TEST, int(round(NORMAL_ONLY_TEST_FRACTION * len(normals))))
+    held = set(_rng(seed, name).choice(len(normals), size=n_test, replace=False).tolist())
+    test = _sorted([normals[i] for i in held] + anomalies)
+    train = [c for i, c in enumerate(normals) if i not in held]
+    evaluation = (
+        f"{len(anomalies)} anomalous clips: AUC and pAUC" if anomalies
+        else "no anomalous clips: the normal score distribution and the expected false alarms, no AUC"
+    )
+    return Split(
+        name=name,
+        protocol="normal-only",
+        description=f"{where}: {n_test} of {len(normals)} normal clips held out (seed {seed}) and {evaluation}; "
         f"{len(train)} normal clips train",
         train=train,
         test=test,
@@ -341,6 +412,8 @@ def make_splits(clips: Sequence[Clip], protocol: str, *, seed: int = 0, n: int |
         return [dcase_split(g) for g in groups]
     if protocol == "supervised-8020":
         return [supervised_8020(g, seed=seed) for g in groups]
+    if protocol == "normal-only":
+        return [normal_only(g, seed=seed) for g in groups]
     if n is None:
         raise ParameterError("the 'holdout-n' protocol needs n (clips of each class held out)")
     return [holdout_n(g, n=n, seed=seed) for g in groups]
