@@ -22,11 +22,16 @@ from typing import Callable, Literal
 
 from edge_asd.errors import ParameterError
 
-__all__ = ["AlarmConfig", "PeriodResult", "PeriodAverager", "AlarmLogic", "EVENT_ONSET", "EVENT_RECOVERY"]
+__all__ = ["AlarmConfig", "PeriodResult", "PeriodAverager", "AlarmLogic", "EVENT_ONSET", "EVENT_RECOVERY",
+           "MIN_PARTIAL_PERIOD"]
 
 EVENT_ONSET = "onset"
 EVENT_RECOVERY = "back_to_normal"
 EventKind = Literal["onset", "back_to_normal"]
+MIN_PARTIAL_PERIOD = 0.5
+"""A final partial period is decided on only if its windows span at least this fraction of
+``period_s``; calibration keeps a partial period by the same rule. The mean of a few windows
+varies more than a full period's, and the threshold was set for full periods."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +81,9 @@ class PeriodResult:
     """``"onset"`` or ``"back_to_normal"`` when the alarm state changed at this period."""
     anomalous_in_window: int = 0
     """Anomalous periods among the last ``onset_n`` (for the event record)."""
+    decided: bool = True
+    """``False`` for a final partial period too short to decide on (see :meth:`AlarmLogic.flush`):
+    it changed neither the look-back nor the alarm state, and ``anomalous`` is only its level."""
 
 
 class PeriodAverager:
@@ -184,9 +192,30 @@ class AlarmLogic:
         return None if closed is None else self._decide(*closed)
 
     def flush(self) -> PeriodResult | None:
-        """Close the current partial period (end of input or shutdown) and decide on it."""
+        """Close the current partial period (end of input or shutdown) and decide on it.
+
+        A period whose windows span less than :data:`MIN_PARTIAL_PERIOD` of ``period_s`` (from
+        its start to its last window) is returned with ``decided=False``: no event, no change to
+        the look-back or the alarm state.
+        """
         closed = self._averager.flush()
-        return None if closed is None else self._decide(*closed)
+        if closed is None:
+            return None
+        start_s, end_s, mean, n = closed
+        if end_s - start_s < MIN_PARTIAL_PERIOD * self.config.period_s:
+            return PeriodResult(start_s=start_s, end_s=end_s, score=mean, n_windows=n, anomalous=mean > self.threshold,
+                                alarm=self.alarm, anomalous_in_window=sum(self._recent), decided=False)
+        return self._decide(*closed)
+
+    def resume_alarm(self) -> None:
+        """Start in the alarm state (an onset of an earlier run is still open).
+
+        The next event is then the back-to-normal after ``recovery_m`` normal periods, never a
+        second onset. The refractory time counts from onsets of this run only: the earlier onset's
+        time is on another run's clock.
+        """
+        self.alarm = True
+        self._normal_run = 0
 
     def _decide(self, start_s: float, end_s: float, mean: float, n: int) -> PeriodResult:
         cfg = self.config

@@ -6,9 +6,21 @@ scores and events. A real-time source never waits for processing: when the queue
 block is dropped and counted. A file source played as fast as possible waits instead (nothing is
 real-time there, so nothing should be lost).
 
+Stream time is the audio's clock: blocks lost before processing (dropped from a full queue, or
+lost to a device overrun) advance it as a gap, and the streaming front end starts afresh after a
+gap, so no window joins audio from both sides of it and the period grid stays aligned.
+
 SIGTERM / SIGINT: capture stops, queued audio is processed, the current (partial) period is
-closed and decided, sinks are flushed, exit code 0. systemd is told READY=1, WATCHDOG=1 and
-STOPPING=1 through ``$NOTIFY_SOCKET`` directly (no extra dependency).
+closed (decided only if it spans at least half a period), sinks are flushed, exit code 0. A
+capture thread stuck in a read is not waited for beyond :data:`CAPTURE_STOP_TIMEOUT_S`. systemd is
+told READY=1, WATCHDOG=1 and STOPPING=1 through ``$NOTIFY_SOCKET`` directly (no extra
+dependency); the watchdog is pinged only while audio arrives, so a stuck capture gets the service
+restarted. An unexpected capture error (not an :class:`~edge_asd.errors.EdgeASDError`) is logged
+with its traceback and ends the service with exit code 1, so ``Restart=on-failure`` applies.
+
+An onset still open in the event store when the service starts (it was stopped during an alarm)
+is resumed: the service starts in the alarm state, and the next event is that onset's
+back-to-normal (its ``details.onset_id`` names the onset), never a second onset.
 """
 
 from __future__ import annotations
@@ -37,6 +49,12 @@ log = logging.getLogger(__name__)
 
 QUEUE_POLL_S = 0.5
 """Longest wait for a block before the loop checks the watchdog and the stop flag, seconds."""
+CAPTURE_STOP_TIMEOUT_S = 2.0
+"""After a stop request, how long the loop waits for the capture thread to end, seconds; a thread
+stuck in a device read is then left behind (it is a daemon) and the period closed without it."""
+AUDIO_STALL_BLOCKS = 4
+"""The watchdog is pinged only while a block arrived within the last ``max(watchdog interval,
+AUDIO_STALL_BLOCKS x block length)``: jitter of a few blocks is not a stall."""
 END_OF_STREAM = None
 
 
@@ -108,18 +126,36 @@ class StreamingScorer:
         self.reset()
 
     def reset(self) -> None:
+        """Start a new stream (time 0)."""
+        self._clock = 0  # samples on the stream's timeline so far, gaps included
+        self._segment_start = 0  # timeline sample where the current run of contiguous audio began
+        self.n_windows = 0
+        self._restart_segment()
+
+    def _restart_segment(self) -> None:
         self.frontend.reset()
         self._buffer = np.empty((0, self.detector.config.n_features), dtype=np.float32)
-        self._base = 0  # absolute frame index of _buffer[0]
-        self._next = 0  # absolute frame index where the next window starts
-        self.n_windows = 0
+        self._base = 0  # frame index (in the segment) of _buffer[0]
+        self._next = 0  # frame index (in the segment) where the next window starts
 
     def push(self, block: np.ndarray) -> list[tuple[float, float]]:
         """Add an audio block; return ``(time_s, score)`` of each window it completes.
 
-        ``time_s`` is the centre time of the window's last frame, seconds from the stream start.
+        ``time_s`` is the centre time of the window's last frame, seconds from the stream start
+        (gaps included, see :meth:`skip`).
         """
+        self._clock += block.shape[0]
         return self._add_frames(self.frontend.push(block))
+
+    def skip(self, n_samples: int) -> None:
+        """A gap of ``n_samples`` lost samples: time moves on by it, and the audio after it starts
+        afresh (new frames, new windows). The frames since the last complete window are dropped
+        rather than zero-padded: a padded window scores as audio that was never heard."""
+        if n_samples <= 0:
+            return
+        self._clock += int(n_samples)
+        self._segment_start = self._clock
+        self._restart_segment()
 
     def flush(self) -> list[tuple[float, float]]:
         """End of stream: the last frames' windows (then the scorer is reset)."""
@@ -136,7 +172,7 @@ class StreamingScorer:
         while self._next + self._n <= end:
             lo = self._next - self._base
             score = self.detector.score_window(buf[lo : lo + self._n])
-            out.append(((self._next + self._n - 1) * self._seconds_per_frame, score))
+            out.append((self._segment_start / self.detector.config.sr + (self._next + self._n - 1) * self._seconds_per_frame, score))
             self._next += self._hop
             self.n_windows += 1
         keep_from = min(self._next, end) - self._base
@@ -153,6 +189,9 @@ class ServiceStats:
     samples: int = 0
     dropped_blocks: int = 0
     dropped_samples: int = 0
+    gaps: int = 0
+    """Gaps in the audio (drops and device overruns) that advanced stream time."""
+    gap_samples: int = 0
     windows: int = 0
     periods: int = 0
     events: int = 0
@@ -178,49 +217,75 @@ class Service:
     source
         An :class:`edge_asd.audio.sources.AudioSource`.
     sinks
-        Objects with ``emit(event)`` and ``close()``, called in order (the store before MQTT).
+        Objects with ``emit(event)`` and ``close()``, called in order: the store first (an event
+        is durable before anything else can fail), then stdout, then MQTT (which reads the
+        store's outbox).
     stdout
         The :class:`edge_asd.sinks.StdoutSink` (also receives period lines when configured).
     notifier
         sd_notify messenger.
+    store
+        The :class:`edge_asd.sinks.SQLiteStore`, if any: its open alarm is resumed at start.
     """
 
-    def __init__(self, config: Any, *, detector: Any, source: Any, sinks: list[Any], stdout: Any, notifier: Notifier) -> None:
+    def __init__(self, config: Any, *, detector: Any, source: Any, sinks: list[Any], stdout: Any, notifier: Notifier,
+                 store: Any | None = None) -> None:
         self.config = config
         self.detector = detector
         self.source = source
         self.sinks = sinks
         self.stdout = stdout
         self.notifier = notifier
+        self.store = store
+        self._open_onset_id: str | None = None
         self.stats = ServiceStats()
         self.scorer = StreamingScorer(detector, n_channels=source.n_channels)
         self.alarm = AlarmLogic(config.alarm, threshold=detector.threshold_)
         self._queue: queue.Queue = queue.Queue(maxsize=config.input.queue_blocks)
         self._stop = threading.Event()
+        self._stop_requested_at: float | None = None
         self._capture_error: BaseException | None = None
         self._thread = threading.Thread(target=self._capture, name="capture", daemon=True)
 
     # -- capture thread ---------------------------------------------------------------------------
     def _capture(self) -> None:
+        """Queue ``(gap_samples, block)``: the samples lost just before ``block`` (dropped blocks,
+        device overruns), then the block."""
         blocking = not self.source.realtime
+        overflows = getattr(self.source, "overflows", 0)
+        # An overrun loses at least the block whose read failed; how much more the device lost is
+        # not reported, so the gap is a lower bound.
+        block_size = getattr(self.source, "block_size", self.config.input.block_size)
+        gap = 0
         try:
             for block in self.source.blocks():
                 if self._stop.is_set():
                     break
+                now = getattr(self.source, "overflows", 0)
+                if now > overflows:
+                    gap += (now - overflows) * block_size
+                    overflows = now
                 if blocking:
                     while not self._stop.is_set():
                         try:
-                            self._queue.put(block, timeout=QUEUE_POLL_S)
+                            self._queue.put((gap, block), timeout=QUEUE_POLL_S)
+                            gap = 0
                             break
                         except queue.Full:
                             continue
                 else:
                     try:
-                        self._queue.put_nowait(block)
+                        self._queue.put_nowait((gap, block))
+                        gap = 0
                     except queue.Full:
                         self.stats.dropped_blocks += 1
                         self.stats.dropped_samples += block.shape[0]
+                        gap += block.shape[0]
         except EdgeASDError as exc:
+            self._capture_error = exc
+        except Exception as exc:
+            # Not a user mistake but a bug or a hardware fault: keep the traceback for the journal.
+            log.exception("capture failed: %s", exc)
             self._capture_error = exc
         finally:
             # Always wake the processing loop, even if the queue is full of audio.
@@ -230,24 +295,31 @@ class Service:
         """Signal handler: stop capturing; the loop drains the queue and closes the period."""
         if not self._stop.is_set():
             log.info("stop requested: finishing the current period")
+            self._stop_requested_at = time.monotonic()
         self._stop.set()
         self.source.stop()
 
     # -- processing ---------------------------------------------------------------------------------
     def _handle_period(self, result: PeriodResult) -> None:
         self.stats.periods += 1
-        log.debug("period %.1f-%.1f s: score %.4g (%s)", result.start_s, result.end_s, result.score,
-                  "anomalous" if result.anomalous else "normal")
+        if result.decided:
+            log.debug("period %.1f-%.1f s: score %.4g (%s)", result.start_s, result.end_s, result.score,
+                      "anomalous" if result.anomalous else "normal")
+        else:
+            log.info("final partial period %.1f-%.1f s (score %.4g) is shorter than half a period: not decided",
+                     result.start_s, result.end_s, result.score)
         if self.config.service.log_periods:
             self.stdout.write_line(json.dumps({
                 "type": "period", "device": self.config.device.id, "start_s": round(result.start_s, 3),
                 "end_s": round(result.end_s, 3), "score": result.score, "n_windows": result.n_windows,
-                "anomalous": result.anomalous, "alarm": result.alarm,
+                "anomalous": result.anomalous, "alarm": result.alarm, "decided": result.decided,
             }, sort_keys=True, separators=(",", ":")))
         if result.event is None:
             return
+        from edge_asd.alarm import EVENT_ONSET
         from edge_asd.sinks import Event
 
+        onset_id = {} if result.event == EVENT_ONSET or self._open_onset_id is None else {"onset_id": self._open_onset_id}
         event = Event.create(
             device=self.config.device.id,
             kind=result.event,
@@ -261,8 +333,10 @@ class Service:
                 "onset_n": self.config.alarm.onset_n,
                 "recovery_m": self.config.alarm.recovery_m,
                 "model_sha256": self.detector.bundle.model.sha256.get(self.detector.which, ""),
+                **onset_id,
             },
         )
+        self._open_onset_id = event.id if result.event == EVENT_ONSET else None
         self.stats.events += 1
         log.info("event %s: %s (period score %.4g, threshold %.4g)", event.id, event.kind, event.score, event.threshold)
         for sink in self.sinks:
@@ -280,30 +354,64 @@ class Service:
         s = self.stats
         log.info(
             "audio %.1f s, %d windows, %d periods, %d events, dropped %d blocks (%.1f s), device overflows %d, "
-            "real-time factor %.4f", s.audio_s(sr), s.windows, s.periods, s.events, s.dropped_blocks,
-            s.dropped_samples / sr, getattr(self.source, "overflows", 0), s.real_time_factor(sr),
+            "%d gaps (%.1f s), real-time factor %.4f", s.audio_s(sr), s.windows, s.periods, s.events, s.dropped_blocks,
+            s.dropped_samples / sr, getattr(self.source, "overflows", 0), s.gaps, s.gap_samples / sr,
+            s.real_time_factor(sr),
         )
 
+    def _resume_open_alarm(self) -> None:
+        """Start in the alarm state if the store holds an onset without its back-to-normal."""
+        if self.store is None:
+            return
+        open_alarm = self.store.open_alarm(self.config.device.id)
+        if open_alarm is None:
+            return
+        self.alarm.resume_alarm()
+        self._open_onset_id = open_alarm["onset_id"]
+        log.info("resuming the open alarm (onset %s at %s): the next event is its back-to-normal",
+                 open_alarm["onset_id"], open_alarm["time_utc"])
+
     def run(self) -> int:
-        """Run until the source ends or a stop is requested; return the exit code."""
+        """Run until the source ends or a stop is requested; return the exit code.
+
+        0 at the end of the source or after a stop request; 1 after an unexpected capture error
+        (logged with its traceback). An :class:`EdgeASDError` from capture is raised.
+        """
+        self._resume_open_alarm()
+        self._warm_up()
         self._thread.start()
         self.notifier.ready(f"listening, threshold {self.alarm.threshold:.4g}")
         log.info("running: device %s, threshold %.4g, period %.1f s", self.config.device.id,
                  self.alarm.threshold, self.config.alarm.period_s)
         next_stats = time.monotonic() + self.config.service.stats_interval_s
+        stall_s = max(self.notifier.watchdog_interval_s or 0.0, AUDIO_STALL_BLOCKS * self.config.input.block_s)
+        last_audio = time.monotonic()  # the capture gets the same grace to deliver its first block
+        stalled = False
+        abandoned = False
         while True:
-            self.notifier.watchdog()
+            # Ping only while audio flows: a capture stuck in a read must look unhealthy to systemd.
+            if time.monotonic() - last_audio <= stall_s:
+                self.notifier.watchdog()
+            elif not stalled:
+                stalled = True
+                log.warning("no audio for %.1f s: the watchdog is no longer pinged", stall_s)
+            if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > CAPTURE_STOP_TIMEOUT_S:
+                log.warning("capture did not stop within %.1f s of the stop request (stuck in a device read?); "
+                            "closing the period without it", CAPTURE_STOP_TIMEOUT_S)
+                abandoned = True
+                self._drain_queue()
+                break
             try:
-                block = self._queue.get(timeout=QUEUE_POLL_S)
+                item = self._queue.get(timeout=QUEUE_POLL_S)
             except queue.Empty:
                 continue
-            if block is END_OF_STREAM:
+            if item is END_OF_STREAM:
                 break
-            t0 = time.perf_counter()
-            self._process(self.scorer.push(block))
-            self.stats.processing_s += time.perf_counter() - t0
-            self.stats.blocks += 1
-            self.stats.samples += block.shape[0]
+            self._process_block(*item)
+            last_audio = time.monotonic()
+            if stalled:
+                stalled = False
+                log.info("audio flows again")
             if time.monotonic() >= next_stats:
                 self._log_stats()
                 next_stats += self.config.service.stats_interval_s
@@ -312,16 +420,58 @@ class Service:
         final = self.alarm.flush()
         if final is not None:
             self._handle_period(final)
-        self._thread.join(timeout=QUEUE_POLL_S * 4)
+        if not abandoned:
+            self._thread.join(timeout=QUEUE_POLL_S * 4)
         self._log_stats()
-        if self._capture_error is not None:
+        if isinstance(self._capture_error, EdgeASDError):
             raise self._capture_error
-        return 0
+        return 1 if self._capture_error is not None else 0
+
+    def _warm_up(self) -> None:
+        """Score one window of silence through a throwaway scorer before READY=1: the front end's
+        numba kernels compile at their first call (seconds on a cold cache), which would otherwise
+        hold up the first block and the watchdog pings behind it."""
+        cfg = self.detector.config
+        n = cfg.n_fft + (self.detector.bundle.window.n_frames + 1) * cfg.hop_length
+        StreamingScorer(self.detector, n_channels=self.source.n_channels).push(
+            np.zeros((n, self.source.n_channels), dtype=np.float32))
+
+    def _drain_queue(self) -> None:
+        """Process the blocks already queued (the capture thread will add none)."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is END_OF_STREAM:
+                return
+            self._process_block(*item)
+
+    def _process_block(self, gap: int, block: np.ndarray) -> None:
+        if gap:
+            self.stats.gaps += 1
+            self.stats.gap_samples += gap
+            self.scorer.skip(gap)
+        t0 = time.perf_counter()
+        self._process(self.scorer.push(block))
+        self.stats.processing_s += time.perf_counter() - t0
+        self.stats.blocks += 1
+        self.stats.samples += block.shape[0]
 
     def close(self) -> None:
-        self.source.close()
-        for sink in reversed(self.sinks):
-            sink.close()
+        """Close the source and every sink, in reverse order (MQTT, which reads the store's
+        outbox, before the store), even if one of them raises: a sink that fails to close must not
+        cost the store the events it holds in memory. Each failure is logged with its traceback;
+        the first is raised once all are closed."""
+        errors: list[BaseException] = []
+        for what, closable in [("the audio source", self.source)] + [(type(s).__name__, s) for s in reversed(self.sinks)]:
+            try:
+                closable.close()
+            except Exception as exc:
+                log.exception("closing %s failed: %s", what, exc)
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable[[Service], None] | None = None) -> int:
@@ -342,12 +492,13 @@ def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable
     source = open_source(config.input, sr=detector.config.sr)
     stdout = StdoutSink()
     store = SQLiteStore(config.store.path, max_events=config.store.max_events, outbox=config.mqtt.enabled)
-    sinks: list[Any] = [stdout, store]
+    # The store first: an event is durable before stdout (the sink most likely to fail) sees it.
+    sinks: list[Any] = [store, stdout]
     if config.mqtt.enabled:
         forwarder = MqttForwarder(config.mqtt, device_id=config.device.id, store=store)
         forwarder.start()
         sinks.append(forwarder)
-    service = Service(config, detector=detector, source=source, sinks=sinks, stdout=stdout, notifier=notifier)
+    service = Service(config, detector=detector, source=source, sinks=sinks, stdout=stdout, notifier=notifier, store=store)
     if install_signals:
         signal.signal(signal.SIGTERM, service.request_stop)
         signal.signal(signal.SIGINT, service.request_stop)

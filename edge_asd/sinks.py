@@ -4,6 +4,10 @@ Every event carries a unique ``id``; a consumer that sees the same id twice has 
 event twice (MQTT QoS 1 is at-least-once). The SQLite store doubles as the MQTT outbox: an event is
 stored first, then forwarded, and deleted from the outbox only after the broker acknowledged it,
 so a broker outage, a restart or a SIGTERM never loses an event.
+
+The store also keeps the open alarm (the last onset not yet followed by a back-to-normal), written
+in the same transaction as the event, so a service restarted during an alarm resumes it rather
+than raising a second onset (see :meth:`SQLiteStore.open_alarm`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ FORWARD_IDLE_S = 0.5
 """Forwarder poll interval when the outbox is empty or the broker is away, seconds."""
 PRUNE_EVERY = 100
 """Prune delivered events after this many inserts (pruning is a table scan)."""
+PRUNE_INTERVAL_S = 3600.0
+"""Also prune at the first insert after this long without pruning, seconds (and always at open):
+a process that stores fewer than :data:`PRUNE_EVERY` events would otherwise never prune."""
+FORWARD_ERROR_MAX_S = 30.0
+"""Longest back-off of the forwarder after an event-store error, seconds."""
 
 
 class StoreError(EdgeASDError):
@@ -83,23 +92,54 @@ class Sink(Protocol):
 
 
 class StdoutSink:
-    """One JSON object per line on stdout (the journal captures it under systemd)."""
+    """One JSON object per line on stdout (the journal captures it under systemd).
+
+    stdout is the least durable sink: a reader that went away (``edge-asd run | head``, a journal
+    stream that vanished) makes every write fail. The first failure is logged and the sink then
+    stays silent for the rest of the run; the events still reach the store and MQTT.
+    """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stdout
         self._lock = threading.Lock()
+        self.broken = False
+        """``True`` after a write failed: nothing more is written."""
 
     def emit(self, event: Event) -> None:
         self.write_line(event.to_json())
 
     def write_line(self, line: str) -> None:
         with self._lock:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            if self.broken:
+                return
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+                self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        self.broken = True
+        log.warning("cannot write to stdout (%s); events go on to the store (and MQTT) without it", exc)
+        # The bytes that failed stay in the stream's buffer, and the interpreter's final flush of
+        # sys.stdout would fail on them again and turn exit 0 into 120: point the file descriptor
+        # at /dev/null (as Python's documentation on SIGPIPE advises) so that flush succeeds.
+        if self._stream is sys.stdout:
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError):
+                pass  # nothing better to do: the exit code may then say 120
 
     def close(self) -> None:
         with self._lock:
-            self._stream.flush()
+            if self.broken:
+                return
+            try:
+                self._stream.flush()
+            except (OSError, ValueError) as exc:
+                self._give_up(exc)
 
 
 _SCHEMA = """
@@ -115,6 +155,12 @@ CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     attempts INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS open_alarm (
+    device TEXT PRIMARY KEY,
+    onset_id TEXT NOT NULL,
+    time_utc TEXT NOT NULL,
+    stream_time_s REAL NOT NULL
 );
 """
 
@@ -143,6 +189,7 @@ class SQLiteStore:
         self.failed_writes = 0
         self._pending: list[Event] = []
         self._inserts = 0
+        self._last_prune = time.monotonic()
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +200,8 @@ class SQLiteStore:
             self._db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"{self.path}: cannot open the event store ({exc}); check the path, permissions and free space") from exc
+        # At open too: a store.max_events lowered in the configuration applies from the start.
+        self._prune()
 
     def emit(self, event: Event) -> None:
         with self._lock:
@@ -171,6 +220,8 @@ class SQLiteStore:
                     )
                     if self.outbox and cur.rowcount:
                         self._db.execute("INSERT OR IGNORE INTO outbox (seq, id) VALUES (?, ?)", (cur.lastrowid, event.id))
+                    if cur.rowcount:
+                        self._track_alarm(event)
             except sqlite3.Error as exc:
                 self.failed_writes += 1
                 log.error(
@@ -180,10 +231,36 @@ class SQLiteStore:
                 return
             self._pending.pop(0)
             self._inserts += 1
-            if self._inserts % PRUNE_EVERY == 0:
+            if self._inserts % PRUNE_EVERY == 0 or time.monotonic() - self._last_prune >= PRUNE_INTERVAL_S:
                 self._prune()
 
+    def _track_alarm(self, event: Event) -> None:
+        """Record (onset) or clear (back-to-normal) the device's open alarm; inside the event's transaction."""
+        if event.kind == "onset":
+            self._db.execute(
+                "INSERT OR REPLACE INTO open_alarm (device, onset_id, time_utc, stream_time_s) VALUES (?, ?, ?, ?)",
+                (event.device, event.id, event.time_utc, event.stream_time_s),
+            )
+        elif event.kind == "back_to_normal":
+            self._db.execute("DELETE FROM open_alarm WHERE device = ?", (event.device,))
+
+    def open_alarm(self, device: str) -> dict[str, Any] | None:
+        """The onset of ``device`` not yet followed by a back-to-normal, or ``None``.
+
+        Returns ``{"onset_id", "time_utc", "stream_time_s"}`` (the onset's stream time is on the
+        clock of the run that raised it, seconds).
+        """
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT onset_id, time_utc, stream_time_s FROM open_alarm WHERE device = ?", (device,)
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot read the open alarm ({exc})") from exc
+        return None if row is None else {"onset_id": str(row[0]), "time_utc": str(row[1]), "stream_time_s": float(row[2])}
+
     def _prune(self) -> None:
+        self._last_prune = time.monotonic()
         try:
             with self._db:
                 self._db.execute(
@@ -340,6 +417,7 @@ class MqttForwarder:
         return True
 
     def _forward(self) -> None:
+        backoff = FORWARD_IDLE_S
         while not self._stop.is_set():
             try:
                 sent = self._publish_one()
@@ -347,6 +425,15 @@ class MqttForwarder:
                 # paho raises these when the connection drops mid-publish; the event stays queued.
                 log.warning("MQTT publish failed (%s); retrying", exc)
                 sent = False
+            except sqlite3.Error as exc:
+                # A locked database or an I/O error in the outbox query: the events are still in
+                # the file (or in the store's memory). Wait, longer each time, and try again; the
+                # thread must outlive it or nothing is forwarded until the next restart.
+                log.warning("MQTT forwarder: the event store failed (%s); retrying in %.1f s", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(2 * backoff, FORWARD_ERROR_MAX_S)
+                continue
+            backoff = FORWARD_IDLE_S
             if not sent:
                 self._wake.wait(FORWARD_IDLE_S)
                 self._wake.clear()

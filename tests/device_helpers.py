@@ -99,3 +99,24 @@ path = "{db}"
 log_periods = true
 {extra}
 """)
+
+
+def edge_asd_with_source(source_code: str, *args: str, **popen: object) -> subprocess.Popen:
+    """Start ``edge-asd ARGS`` as a subprocess whose audio source is ``FakeSource()``, a class
+    defined by ``source_code``.
+
+    For what a real device cannot be made to do here (a capture ``OSError``, a ``read`` that
+    never returns): everything else, the CLI, the service, the sinks and the exit code, is the real
+    process. ``popen`` overrides the ``subprocess.Popen`` keywords (default: text pipes).
+    """
+    script = (
+        "import sys\n"
+        "import edge_asd.audio.sources as _sources\n"
+        f"{source_code}\n"
+        "_sources.open_source = lambda config, **kw: FakeSource()\n"
+        "from edge_asd.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    kwargs: dict = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=device_env(), cwd=REPO)
+    kwargs.update(popen)
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], **kwargs)

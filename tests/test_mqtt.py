@@ -230,3 +230,39 @@ def test_sigterm_mid_run_and_broker_away_at_exit_loses_nothing(tmp_path, broker)
             proc.kill()
     assert set(stored_ids(db)) >= first | second
     sub.close()
+
+
+def test_forwarder_survives_outbox_query_errors(tmp_path, broker, caplog):
+    """A locked or failing database in the outbox query is logged and retried; the thread lives on."""
+    import logging
+
+    from edge_asd.config import MqttConfig
+    from edge_asd.sinks import Event, MqttForwarder, SQLiteStore
+
+    store = SQLiteStore(tmp_path / "events.sqlite", outbox=True)
+    failures = {"left": 3}
+    original = store.next_outbox
+
+    def flaky_next_outbox(limit=1):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise sqlite3.OperationalError("database is locked")
+        return original(limit)
+
+    store.next_outbox = flaky_next_outbox
+    sub = Subscriber(broker.port)
+    forwarder = MqttForwarder(MqttConfig(enabled=True, host="127.0.0.1", port=broker.port, publish_timeout_s=2.0),
+                              device_id="test-dev", store=store)
+    event = Event.create(device="test-dev", kind="onset", stream_time_s=1.0, score=2.0, threshold=1.0)
+    with caplog.at_level(logging.WARNING, logger="edge_asd.sinks"):
+        store.emit(event)
+        forwarder.start()
+        forwarder.emit(event)
+        try:
+            assert sub.wait_for({event.id}, timeout=30), "the event never arrived"
+            assert failures["left"] == 0 and forwarder._thread.is_alive()
+        finally:
+            forwarder.close()
+            store.close()
+            sub.close()
+    assert sum("database is locked" in r.getMessage() for r in caplog.records) == 3

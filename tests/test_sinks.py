@@ -56,7 +56,9 @@ def test_store_is_bounded_but_never_drops_undelivered_events(tmp_path, monkeypat
     for i in range(40, 45):
         store.emit(make_event(i))
     kept = store.events()
-    assert len(kept) <= 10 + 5 + 5  # bound plus undelivered plus one prune interval
+    # The prune at the 45th insert keeps the newest max_events (seq 36-45, of which 36-45 are also
+    # the undelivered ones): exactly 10, the newest.
+    assert [e["details"]["i"] for e in kept] == list(range(35, 45))
     assert store.count_outbox() == 10
     outbox_ids = {row[1] for row in store.next_outbox(100)}
     assert outbox_ids <= {e["id"] for e in kept}
@@ -79,3 +81,45 @@ def test_full_disk_is_logged_and_events_are_kept_until_they_fit(tmp_path, caplog
     assert [e["id"] for e in store.events()][-4:] == [e.id for e in big] + [store.events()[-1]["id"]]
     assert len(store.events()) == 4
     store.close()
+
+
+def test_store_is_pruned_at_open_and_by_a_short_lived_process(tmp_path, monkeypatch):
+    """Pruning after every PRUNE_EVERY inserts alone never runs in a process that stores fewer."""
+    path = tmp_path / "e.sqlite"
+    store = SQLiteStore(path, max_events=100_000, outbox=True)
+    for i in range(30):
+        store.emit(make_event(i))
+    for seq, _, _ in store.next_outbox(30)[:25]:
+        store.mark_delivered(seq)  # 25 delivered, 5 still undelivered
+    store.close()
+    # A restart with a lower bound: the store is within it as soon as it is open.
+    again = SQLiteStore(path, max_events=10, outbox=True)
+    assert [e["details"]["i"] for e in again.events()] == list(range(20, 30))
+    assert again.count_outbox() == 5
+    # A process that stores a few events and runs long: pruned by time as well as by count.
+    monkeypatch.setattr("edge_asd.sinks.PRUNE_INTERVAL_S", 0.0)
+    for seq, _, _ in again.next_outbox(5):
+        again.mark_delivered(seq)
+    for i in range(30, 33):
+        again.emit(make_event(i))
+    assert [e["details"]["i"] for e in again.events()] == list(range(23, 33))
+    again.close()
+
+
+def test_a_stdout_that_fails_is_logged_once_and_then_left_alone(caplog):
+    class Broken(io.StringIO):
+        writes = 0
+
+        def write(self, s):
+            Broken.writes += 1
+            raise BrokenPipeError(32, "Broken pipe")
+
+    sink = StdoutSink(Broken())
+    with caplog.at_level(logging.WARNING, logger="edge_asd.sinks"):
+        for i in range(3):
+            sink.emit(make_event(i))
+        sink.write_line("{}")
+        sink.close()
+    assert Broken.writes == 1  # then the sink stops writing
+    assert [r.getMessage() for r in caplog.records if "cannot write to stdout" in r.getMessage()] != []
+    assert len([r for r in caplog.records if "stdout" in r.getMessage()]) == 1
