@@ -4,6 +4,16 @@ A bundle is a directory holding ``bundle.json``, ``model_int8.tflite`` and ``mod
 (see ``docs`` in the design notes). This module reads, validates and writes ``bundle.json``; it never
 imports TensorFlow. Every check happens once, here, at load time: a bundle that loads is one the
 device can run.
+
+Schema 2 (schema 1 bundles still load, with identity score scaling and no enrollment record):
+
+- ``score_scaling``: ``{"mean", "std"}``; the detector reports ``(raw − mean) / std`` for every
+  window score, so thresholds read in standard deviations of normal window scores at every site.
+- ``enrollment``: ``{"active": "factory" | "site", "factory": VALUES, "site": null | VALUES + audio,
+  "history": [...]}`` where ``VALUES`` is ``{"normalization", "score_scaling", "threshold"}`` as
+  exported (factory) or as fitted on site by ``edge-asd enroll``. The *active* values stay in the
+  top-level ``normalization``, ``score_scaling`` and ``threshold`` sections, which are the only ones
+  the detector reads; ``edge-asd enroll --rollback`` copies the factory ones back unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -30,6 +41,10 @@ __all__ = [
     "SCORE_KINDS",
     "WindowConfig",
     "Normalization",
+    "ScoreScaling",
+    "EnrollmentValues",
+    "SiteEnrollment",
+    "Enrollment",
     "QuantParams",
     "ModelInfo",
     "Threshold",
@@ -40,7 +55,9 @@ __all__ = [
     "file_sha256",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+"""Schema versions this edge-asd reads (1: no score scaling, no enrollment record)."""
 BUNDLE_JSON = "bundle.json"
 MODEL_FILES = {"int8": "model_int8.tflite", "float": "model_float.tflite"}
 SCORE_KINDS = ("reconstruction_mse", "neg_log_prob", "anomaly_prob")
@@ -86,6 +103,40 @@ class Normalization:
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """``(mean, 1 / std)`` as float32 arrays for the hot path."""
         return np.asarray(self.mean, np.float32), (1.0 / np.asarray(self.std, np.float64)).astype(np.float32)
+
+    def is_global(self) -> bool:
+        """``True`` when every band shares one std (the trainer's ``--normalization global``)."""
+        return len(set(self.std)) <= 1
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Normalization":
+        return cls(mean=tuple(float(v) for v in raw["mean"]), std=tuple(float(v) for v in raw["std"]))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScoreScaling:
+    """Standardisation of window scores: the detector reports ``(raw − mean) / std``.
+
+    ``mean`` and ``std`` are in the units of the raw score (e.g. squared normalised dB for
+    ``reconstruction_mse``); the scaled score is in standard deviations of normal window scores.
+    The map is affine and increasing, so it changes no ranking (AUC) and makes thresholds read
+    the same way across bundles and sites.
+    """
+
+    mean: float = 0.0
+    std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+            raise ParameterError(f"score_scaling: mean must be finite and std finite and > 0, got {self.mean}, {self.std}")
+
+    def apply(self, raw: Any) -> Any:
+        """Scaled score(s) of raw window score(s) (a float or an array)."""
+        return (raw - self.mean) / self.std
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "ScoreScaling":
+        return cls(mean=float(raw["mean"]), std=float(raw["std"]))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,10 +189,99 @@ class Threshold:
     details: Mapping[str, Any] = field(default_factory=dict)
     history: tuple[Mapping[str, Any], ...] = ()
     """Earlier thresholds, newest last (calibration keeps them)."""
+    calibrated_for: Mapping[str, Any] = field(default_factory=dict)
+    """What the scores were measured with when the threshold was set on site (``period_s``,
+    ``model``, ``class_label``, ``n_channels``); the service refuses to start with other settings.
+    Empty when not recorded (exported thresholds, older bundles)."""
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.value):
             raise ParameterError(f"threshold.value must be finite, got {self.value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "Threshold":
+        data = dict(raw)
+        data["history"] = tuple(data.get("history", ()))
+        data["calibrated_for"] = dict(data.get("calibrated_for", {}))
+        data["value"] = float(data["value"])
+        return cls(**data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnrollmentValues:
+    """The three things enrollment changes and rollback restores."""
+
+    normalization: Normalization
+    score_scaling: ScoreScaling
+    threshold: Threshold
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "normalization": dataclasses.asdict(self.normalization),
+            "score_scaling": dataclasses.asdict(self.score_scaling),
+            "threshold": self.threshold.to_dict(),
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "EnrollmentValues":
+        return cls(
+            normalization=Normalization.from_dict(raw["normalization"]),
+            score_scaling=ScoreScaling.from_dict(raw["score_scaling"]),
+            threshold=Threshold.from_dict(raw["threshold"]),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SiteEnrollment:
+    """Values fitted by ``edge-asd enroll`` on normal audio where the device is mounted."""
+
+    values: EnrollmentValues
+    created: str = field(default_factory=_utcnow)
+    normalization_kind: str = "per-feature"
+    """``"per-feature"`` or ``"global"`` (one common std, kept from the factory normalisation)."""
+    audio: Mapping[str, Any] = field(default_factory=dict)
+    """What was recorded: ``input``, ``seconds``, ``periods``, ``period_s``, ``n_windows``, ``signal``
+    (the signal checks' figures) and how the factory values scored it (``factory_on_site``)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"created": self.created, "normalization_kind": self.normalization_kind, **self.values.to_json(),
+                "audio": dict(self.audio)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "SiteEnrollment":
+        return cls(values=EnrollmentValues.from_json(raw), created=str(raw["created"]),
+                   normalization_kind=str(raw.get("normalization_kind", "per-feature")), audio=dict(raw.get("audio", {})))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Enrollment:
+    """Factory values (as exported) and, after ``edge-asd enroll``, the site values."""
+
+    factory: EnrollmentValues
+    active: Literal["factory", "site"] = "factory"
+    """Whose normalisation and score scaling the top-level sections hold."""
+    site: SiteEnrollment | None = None
+    history: tuple[Mapping[str, Any], ...] = ()
+    """Replaced site enrollments and rollbacks, newest last."""
+
+    def __post_init__(self) -> None:
+        if self.active not in ("factory", "site"):
+            raise ParameterError(f"enrollment.active must be 'factory' or 'site', got {self.active!r}")
+        if self.active == "site" and self.site is None:
+            raise ParameterError("enrollment.active is 'site' but there is no site record")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"active": self.active, "factory": self.factory.to_json(),
+                "site": None if self.site is None else self.site.to_json(), "history": list(self.history)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "Enrollment":
+        site = raw.get("site")
+        return cls(factory=EnrollmentValues.from_json(raw["factory"]), active=raw.get("active", "factory"),
+                   site=None if site is None else SiteEnrollment.from_json(site), history=tuple(raw.get("history", ())))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,9 +294,13 @@ class Bundle:
     normalization: Normalization
     model: ModelInfo
     threshold: Threshold
+    score_scaling: ScoreScaling = field(default_factory=ScoreScaling)
+    enrollment: Enrollment | None = None
+    """Factory and site values; ``None`` for schema 1 bundles never enrolled."""
     provenance: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    """The schema the bundle was read in; it is always written in :data:`SCHEMA_VERSION`."""
 
     def model_path(self, which: Literal["int8", "float"] = "int8") -> Path:
         return self.path / MODEL_FILES[which]
@@ -166,12 +310,14 @@ class Bundle:
         model = dataclasses.asdict(self.model)
         model["quantization"] = {k: dataclasses.asdict(v) for k, v in self.model.quantization.items()}
         return {
-            "schema_version": self.schema_version,
+            "schema_version": SCHEMA_VERSION,
             "features": self.features.to_dict(),
             "window": dataclasses.asdict(self.window),
             "normalization": dataclasses.asdict(self.normalization),
+            "score_scaling": dataclasses.asdict(self.score_scaling),
             "model": model,
-            "threshold": dataclasses.asdict(self.threshold),
+            "threshold": self.threshold.to_dict(),
+            "enrollment": None if self.enrollment is None else self.enrollment.to_json(),
             "provenance": dict(self.provenance),
             "metrics": dict(self.metrics),
         }
@@ -196,25 +342,24 @@ def _parse(data: Any, path: Path) -> Bundle:
     if not isinstance(data, dict):
         raise BundleError(f"{where}: must hold a JSON object")
     version = _section(data, "schema_version", where)
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_SCHEMAS:
         raise BundleError(
-            f"{where}: schema version {version!r} is not supported by this edge-asd (reads version "
-            f"{SCHEMA_VERSION}); upgrade edge-asd or re-export the bundle"
+            f"{where}: schema version {version!r} is not supported by this edge-asd (reads versions "
+            f"{', '.join(map(str, READABLE_SCHEMAS))}); upgrade edge-asd or re-export the bundle"
         )
     try:
         features = FeatureConfig.from_dict(_section(data, "features", where))
         window = WindowConfig(**_section(data, "window", where))
-        norm_raw = _section(data, "normalization", where)
-        normalization = Normalization(mean=tuple(norm_raw["mean"]), std=tuple(norm_raw["std"]))
+        normalization = Normalization.from_dict(_section(data, "normalization", where))
+        # Schema 1 knew no score scaling: its scores were the raw ones, i.e. identity scaling.
+        scaling = ScoreScaling() if version == 1 else ScoreScaling.from_dict(_section(data, "score_scaling", where))
         model_raw = dict(_section(data, "model", where))
         model_raw["input_shape"] = tuple(model_raw["input_shape"])
         model_raw["output_shape"] = tuple(model_raw["output_shape"])
         model_raw["classes"] = tuple(model_raw.get("classes", ()))
         model_raw["quantization"] = {k: QuantParams(**v) for k, v in model_raw.get("quantization", {}).items()}
         model = ModelInfo(**model_raw)
-        thr_raw = dict(_section(data, "threshold", where))
-        thr_raw["history"] = tuple(thr_raw.get("history", ()))
-        threshold = Threshold(**thr_raw)
+        threshold = Threshold.from_dict(_section(data, "threshold", where))
     except BundleError:
         raise
     except (ParameterError, TypeError, KeyError, ValueError) as exc:
@@ -224,6 +369,7 @@ def _parse(data: Any, path: Path) -> Bundle:
             f"{where}: normalization has {len(normalization.mean)} values but the front end makes "
             f"{features.n_features} features per frame; the bundle is inconsistent, re-export it"
         )
+    enrollment = _parse_enrollment(data.get("enrollment"), where, features.n_features)
     n_in = int(np.prod(model.input_shape[1:]))
     if model.input_shape[:1] != (1,) or n_in != window.n_frames * features.n_features:
         raise BundleError(
@@ -237,10 +383,32 @@ def _parse(data: Any, path: Path) -> Bundle:
         normalization=normalization,
         model=model,
         threshold=threshold,
+        score_scaling=scaling,
+        enrollment=enrollment,
         provenance=data.get("provenance", {}),
         metrics=data.get("metrics", {}),
         schema_version=version,
     )
+
+
+def _parse_enrollment(raw: Any, where: Path, n_features: int) -> Enrollment | None:
+    if raw is None:
+        return None
+    fix = ("restore the bundle from its original copy, or run 'edge-asd enroll BUNDLE --rollback' "
+           "after re-copying it")
+    try:
+        if not isinstance(raw, dict):
+            raise TypeError("must be a JSON object or null")
+        enrollment = Enrollment.from_json(raw)
+    except (ParameterError, TypeError, KeyError, ValueError, AttributeError) as exc:
+        raise BundleError(f"{where}: invalid 'enrollment' record ({exc}); {fix}") from exc
+    for name, values in (("factory", enrollment.factory), ("site", enrollment.site.values if enrollment.site else None)):
+        if values is not None and len(values.normalization.mean) != n_features:
+            raise BundleError(
+                f"{where}: enrollment.{name}.normalization has {len(values.normalization.mean)} values but the "
+                f"front end makes {n_features} features per frame; {fix}"
+            )
+    return enrollment
 
 
 def read_bundle(path: str | os.PathLike, *, verify_files: bool = True) -> Bundle:
@@ -315,7 +483,7 @@ def write_bundle(bundle: Bundle) -> Path:
 def update_threshold(path: str | os.PathLike, threshold: Threshold) -> Bundle:
     """Replace a bundle's threshold atomically, keeping the previous one in ``threshold.history``."""
     bundle = read_bundle(path, verify_files=False)
-    old = dataclasses.asdict(bundle.threshold)
+    old = bundle.threshold.to_dict()
     history = tuple(old.pop("history", ())) + (old,)
     new = dataclasses.replace(bundle, threshold=dataclasses.replace(threshold, history=history))
     write_bundle(new)

@@ -23,7 +23,7 @@ import numpy as np
 from edge_asd.alarm import PeriodAverager
 from edge_asd.errors import ParameterError
 
-__all__ = ["CalibrationResult", "fit_threshold", "score_periods", "threshold_record", "SECONDS_PER_DAY"]
+__all__ = ["CalibrationResult", "fit_threshold", "score_periods", "threshold_record", "SECONDS_PER_DAY", "MIN_PERIODS"]
 
 SECONDS_PER_DAY = 86_400.0
 MIN_PERIODS = 10
@@ -233,8 +233,20 @@ def score_periods(detector: Any, source: Any, *, period_s: float, max_seconds: f
     return np.asarray(periods, dtype=np.float64), n_samples / source.sr
 
 
-def threshold_record(result: CalibrationResult, *, input_desc: str, model: str) -> Any:
-    """The :class:`edge_asd.bundle.Threshold` to store for ``result``."""
+def threshold_record(
+    result: CalibrationResult,
+    *,
+    input_desc: str,
+    model: str,
+    source: str = "device",
+    calibrated_for: Mapping[str, Any] | None = None,
+) -> Any:
+    """The :class:`edge_asd.bundle.Threshold` to store for ``result``.
+
+    ``source`` is ``"device"`` (``edge-asd calibrate``), ``"enrollment"`` (``edge-asd enroll``) or
+    ``"training"`` (export). ``calibrated_for`` records the settings the scores were measured with
+    (``period_s``, ``model``, ``class_label``, ``n_channels``); the service checks them at start-up.
+    """
     from edge_asd.bundle import Threshold
 
     details = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("threshold", "false_alarms_per_day", "period_s")}
@@ -244,8 +256,9 @@ def threshold_record(result: CalibrationResult, *, input_desc: str, model: str) 
     return Threshold(
         value=result.threshold,
         method="gamma-tail-fit",
-        source="device",
+        source=source,
         false_alarms_per_day=result.false_alarms_per_day,
         period_s=result.period_s,
         details=details,
+        calibrated_for=dict(calibrated_for or {}),
     )

@@ -1,7 +1,9 @@
 """The detector: feature frames → windows → model → window scores → clip score → decision.
 
 PyOD-shaped: higher scores are more anomalous, ``threshold_`` is the fitted (calibrated)
-threshold, ``predict`` is ``score > threshold_``. The trainer's evaluation and the device both
+threshold, ``predict`` is ``score > threshold_``. Every window score is standardised with the
+bundle's score scaling, ``(raw − mean) / std``, in :meth:`Detector.score_window`, the one place all
+scores pass through (service, calibration, enrollment, ``score`` and the trainer's evaluation). The trainer's evaluation and the device both
 score through this class, so a clip gets the same score on the desk and on the device.
 """
 
@@ -73,6 +75,7 @@ class Detector:
         self.model = TFLiteModel(bundle.model_path(model), num_threads=num_threads, runtime=runtime)
         self._check_model()
         self._mean, self._inv_std = bundle.normalization.arrays()
+        self._scaling = bundle.score_scaling
         self._score_kind = bundle.model.score
         self._class_index = self._resolve_class(class_label) if class_label is not None else None
         if self._score_kind == "anomaly_prob":
@@ -125,7 +128,12 @@ class Detector:
         return (frames - self._mean) * self._inv_std
 
     def score_window(self, window: np.ndarray, *, class_index: int | None = None) -> float:
-        """Score one normalised window ``(n_frames, n_features)``."""
+        """Score one normalised window ``(n_frames, n_features)``: the raw score standardised with
+        the bundle's score scaling (standard deviations of normal window scores)."""
+        return float(self._scaling.apply(self.raw_score_window(window, class_index=class_index)))
+
+    def raw_score_window(self, window: np.ndarray, *, class_index: int | None = None) -> float:
+        """The model's own score of one normalised window, before score scaling."""
         y = self.model(window)
         if self._score_kind == "reconstruction_mse":
             d = y.reshape(-1) - window.reshape(-1)
@@ -142,7 +150,7 @@ class Detector:
         return float(np.exp(log_p[index]))
 
     def score_windows(self, frames: np.ndarray, *, class_label: str | None = None) -> np.ndarray:
-        """Window scores of raw (un-normalised) feature frames ``(n_frames, n_features)``.
+        """Window scores (standardised) of raw (un-normalised) feature frames ``(n_frames, n_features)``.
 
         Returns
         -------

@@ -36,3 +36,7 @@ class RuntimeUnavailableError(EdgeASDError):
 
 class DatasetError(EdgeASDError):
     """A dataset folder has no usable layout, no wav files, or unreadable entries."""
+
+
+class SignalQualityError(EdgeASDError):
+    """Audio is unusable as a reference of normal sound (silent, flat-lined or clipped)."""

@@ -43,7 +43,7 @@ from edge_asd.alarm import AlarmLogic, PeriodResult
 from edge_asd.errors import EdgeASDError
 from edge_asd.frontend import StreamingFrontend
 
-__all__ = ["Notifier", "StreamingScorer", "ServiceStats", "Service", "run_service"]
+__all__ = ["Notifier", "StreamingScorer", "ServiceStats", "Service", "check_threshold_setting", "run_service"]
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,8 @@ class Service:
         self.store = store
         self._open_onset_id: str | None = None
         self.stats = ServiceStats()
+        self.threshold_warning = ""
+        """Set by :func:`run_service` for a threshold never set on site; shown in the READY status."""
         self.scorer = StreamingScorer(detector, n_channels=source.n_channels)
         self.alarm = AlarmLogic(config.alarm, threshold=detector.threshold_)
         self._queue: queue.Queue = queue.Queue(maxsize=config.input.queue_blocks)
@@ -380,7 +382,8 @@ class Service:
         self._resume_open_alarm()
         self._warm_up()
         self._thread.start()
-        self.notifier.ready(f"listening, threshold {self.alarm.threshold:.4g}")
+        self.notifier.ready(f"listening, threshold {self.alarm.threshold:.4g}"
+                            + (f"; WARNING: {self.threshold_warning}" if self.threshold_warning else ""))
         log.info("running: device %s, threshold %.4g, period %.1f s", self.config.device.id,
                  self.alarm.threshold, self.config.alarm.period_s)
         next_stats = time.monotonic() + self.config.service.stats_interval_s
@@ -474,6 +477,35 @@ class Service:
             raise errors[0]
 
 
+def check_threshold_setting(bundle: Any, config: Any, *, n_channels: int) -> str:
+    """Start-up check of the bundle's threshold against the running configuration.
+
+    Returns a warning (``""`` when none) for a threshold never calibrated or enrolled on site: it
+    was set on training audio, which is not the sound where the device is mounted. Raises
+    :class:`~edge_asd.errors.BundleError` when the threshold's record says it was set for another
+    period length, model, machine class or channel count: its false-alarm rate would be wrong.
+    """
+    from edge_asd.errors import BundleError
+
+    t = bundle.threshold
+    for key, running in (("period_s", config.alarm.period_s), ("model", config.device.model),
+                         ("class_label", config.device.class_label), ("n_channels", n_channels)):
+        if key not in t.calibrated_for:
+            continue
+        recorded = t.calibrated_for[key]
+        same = math.isclose(recorded, running) if key == "period_s" else recorded == running
+        if not same:
+            raise BundleError(
+                f"{bundle.path / 'bundle.json'}: the threshold was set ({t.source}, {t.created}) for {key} {recorded!r} but "
+                f"this configuration runs {key} {running!r}; re-run 'edge-asd calibrate' or 'edge-asd enroll' with this "
+                "configuration, or change it back"
+            )
+    if t.source == "training":
+        return (f"the threshold of {bundle.path} was set on training audio, never calibrated or enrolled on site; "
+                "expect a false-alarm rate other than stated: run 'edge-asd enroll' (or 'edge-asd calibrate')")
+    return ""
+
+
 def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable[[Service], None] | None = None) -> int:
     """Build everything from ``config`` and run the service; returns the exit code.
 
@@ -489,6 +521,10 @@ def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable
         config.device.bundle, model=config.device.model, num_threads=config.device.num_threads,
         class_label=config.device.class_label,
     )
+    # Before the source opens: a mismatch is a start-up error with nothing to release.
+    threshold_warning = check_threshold_setting(detector.bundle, config, n_channels=config.input.channels)
+    if threshold_warning:
+        log.warning("%s", threshold_warning)
     source = open_source(config.input, sr=detector.config.sr)
     stdout = StdoutSink()
     store = SQLiteStore(config.store.path, max_events=config.store.max_events, outbox=config.mqtt.enabled)
@@ -499,6 +535,7 @@ def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable
         forwarder.start()
         sinks.append(forwarder)
     service = Service(config, detector=detector, source=source, sinks=sinks, stdout=stdout, notifier=notifier, store=store)
+    service.threshold_warning = threshold_warning
     if install_signals:
         signal.signal(signal.SIGTERM, service.request_stop)
         signal.signal(signal.SIGINT, service.request_stop)

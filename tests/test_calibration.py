@@ -10,7 +10,7 @@ import scipy.stats
 
 from edge_asd.calibration import SECONDS_PER_DAY, fit_threshold
 from edge_asd.errors import ParameterError
-from tests.device_helpers import copy_bundle, edge_asd, machine_clips
+from tests.device_helpers import SEPARATING_THRESHOLD, copy_bundle, edge_asd, machine_clips
 
 
 def test_gamma_tail_fit_recovers_a_known_quantile():
@@ -69,7 +69,8 @@ def test_calibrate_cli_writes_threshold_and_keeps_history(tmp_path):
     assert thr["history"][-1]["value"] == 123.0
     assert 22 <= thr["details"]["n_periods"] <= 24 and thr["details"]["ci_low"] <= thr["value"]
     # Anomalous clips score far above a threshold set on normal audio from the same machine.
-    assert 0 < thr["value"] < 3.0
+    assert 0 < thr["value"] < SEPARATING_THRESHOLD
+    assert thr["calibrated_for"] == {"period_s": 0.5, "model": "int8", "class_label": None, "n_channels": 1}
 
 
 def test_calibrate_with_too_little_audio_is_a_clear_error(tmp_path):

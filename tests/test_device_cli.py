@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.device_helpers import REPO, copy_bundle, device_env, edge_asd, machine_clips, service_toml
+from tests.device_helpers import REPO, SEPARATING_THRESHOLD, copy_bundle, device_env, edge_asd, machine_clips, service_toml
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -26,7 +26,7 @@ def clip(tmp_path_factory):
     return machine_clips(tmp_path_factory.mktemp("clips"), ["normal", "anomaly"])
 
 
-@pytest.mark.parametrize("command", ["run", "calibrate", "score", "devices", "info", "bench", "features"])
+@pytest.mark.parametrize("command", ["run", "calibrate", "enroll", "score", "devices", "info", "bench", "features"])
 def test_help_everywhere(command):
     result = edge_asd(command, "--help", timeout=60)
     assert result.returncode == 0 and "Usage:" in result.stdout
@@ -160,7 +160,7 @@ def test_info_and_bench(tmp_path):
     bundle = copy_bundle(tmp_path)
     info = edge_asd("info", bundle)
     assert info.returncode == 0, info.stderr
-    assert "conv-ae" in info.stdout and "threshold  3" in info.stdout and "earlier" in info.stdout
+    assert "conv-ae" in info.stdout and f"threshold  {SEPARATING_THRESHOLD:g}" in info.stdout and "earlier" in info.stdout
     bench = edge_asd("bench", bundle, "--seconds", "2", "--repeats", "1")
     assert bench.returncode == 0, bench.stderr
     assert "real-time factor" in bench.stdout and "window latency" in bench.stdout

@@ -28,7 +28,8 @@ def test_bundle_round_trips(tiny_bundle):
     assert set(b.model.quantization) == {"input", "output"}
     m = TFLiteModel(b.model_path("int8"))
     assert m.input_quant == b.model.quantization["input"] and m.output_quant == b.model.quantization["output"]
-    assert b.threshold.source == "training" and b.threshold.details["false_alarm_rate_per_clip"] == 0.05
+    assert b.threshold.source == "training" and "statement" in b.threshold.details and b.threshold.period_s == 10.0
+    assert b.score_scaling.std > 0 and b.enrollment is not None and b.enrollment.factory.threshold == b.threshold
     for key in ("seed", "edge_asd_version", "data_root", "protocol", "int8_ops"):
         assert key in b.provenance
 

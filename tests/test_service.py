@@ -48,7 +48,7 @@ def test_service_on_folder_raises_onset_then_back_to_normal(setup):
     onset, recovery = events
     assert 8.0 <= onset["stream_time_s"] <= 11.0, onset  # the anomaly starts at 8 s; 2 of 3 periods
     assert 14.0 <= recovery["stream_time_s"] <= 17.0, recovery  # it ends at 14 s; 2 normal periods
-    assert onset["device"] == "test-dev" and onset["score"] > onset["threshold"] == 3.0
+    assert onset["device"] == "test-dev" and onset["score"] > onset["threshold"] == SEPARATING_THRESHOLD
     assert len(periods) >= 20 and all(p["n_windows"] > 0 for p in periods)
     anomalous = [p["anomalous"] for p in periods]
     assert not any(anomalous[:7]) and any(anomalous[8:14]) and not any(anomalous[16:])

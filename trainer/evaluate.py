@@ -51,15 +51,19 @@ def class_label_for(bundle: Bundle, clip: Clip, class_label: Callable[[Clip], st
 
 
 def keras_window_scores(model: Any, windows: np.ndarray, bundle: Bundle, class_index: int | None) -> np.ndarray:
-    """Window scores of the Keras model on normalised windows (same definitions as the detector)."""
+    """Window scores of the Keras model on normalised windows (same definitions as the detector,
+    including the bundle's score scaling, so Keras, float and int8 scores compare directly)."""
     y = np.asarray(model.predict(windows, batch_size=256, verbose=0), dtype=np.float64)
     if bundle.model.score == "reconstruction_mse":
-        return ((y.reshape(len(y), -1) - windows.reshape(len(windows), -1)) ** 2).mean(axis=1)
-    z = y - y.max(axis=1, keepdims=True)
-    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    if bundle.model.score == "neg_log_prob":
-        return -log_p[:, class_index]
-    return np.exp(log_p[:, bundle.model.classes.index("anomaly")])
+        raw = ((y.reshape(len(y), -1) - windows.reshape(len(windows), -1)) ** 2).mean(axis=1)
+    else:
+        z = y - y.max(axis=1, keepdims=True)
+        log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        if bundle.model.score == "neg_log_prob":
+            raw = -log_p[:, class_index]
+        else:
+            raw = np.exp(log_p[:, bundle.model.classes.index("anomaly")])
+    return bundle.score_scaling.apply(raw)
 
 
 def score_clips(

@@ -7,8 +7,14 @@
   quantisation (``TFLITE_BUILTINS_INT8``, int8 input and output) calibrated on training windows.
 - Tensor names are stripped from both files (the runtime addresses tensors by index).
 - Quantisation parameters are read back from the converted model, never computed here.
-- The threshold is the ``1 − false_alarm_rate`` quantile of the int8 model's scores on the held-out
-  validation normal clips, scored through :class:`edge_asd.detector.Detector` (the device path).
+- Score scaling (the factory one): mean and std of the int8 model's *window* scores on the held-out
+  validation normal clips (training clips when there are none), so exported scores are in standard
+  deviations of normal window scores.
+- The threshold is set the way ``edge-asd calibrate`` sets it: the same clips are played as one
+  stream through the device path (:func:`edge_asd.calibration.score_periods`, period means at the
+  service's default period) and a gamma tail fit gives the threshold for ``false_alarms_per_day``.
+  With fewer periods than a fit needs, the threshold is *provisional* (the highest validation score
+  plus a margin) and says so: calibrate or enroll on site.
 """
 
 from __future__ import annotations
@@ -27,8 +33,15 @@ import numpy as np
 
 import edge_asd
 from edge_asd.audio import read_wav
-from edge_asd.bundle import MODEL_FILES, Bundle, ModelInfo, Threshold, file_sha256, write_bundle
+from edge_asd.alarm import AlarmConfig
+from edge_asd.audio.sources import FileListSource
+from edge_asd.audio.wav import wav_info
+from edge_asd.bundle import (
+    MODEL_FILES, Bundle, Enrollment, EnrollmentValues, ModelInfo, ScoreScaling, Threshold, file_sha256, write_bundle,
+)
+from edge_asd.calibration import MIN_PERIODS, SECONDS_PER_DAY, fit_threshold, score_periods, threshold_record
 from edge_asd.detector import Detector
+from edge_asd.frontend import compute_features
 from edge_asd.errors import EdgeASDError, ParameterError
 from edge_asd.runtime import TFLiteModel
 from trainer.models import ModelConfig, build_model
@@ -42,11 +55,19 @@ __all__ = [
     "check_builtin_int8",
     "export_bundle",
     "clip_scores",
-    "DEFAULT_FALSE_ALARM_RATE",
+    "DEFAULT_FALSE_ALARMS_PER_DAY",
+    "EXPORT_PERIOD_S",
+    "PROVISIONAL_MARGIN",
 ]
 
-DEFAULT_FALSE_ALARM_RATE = 0.05
-"""Fraction of normal clips allowed above the exported threshold (until the device calibrates)."""
+DEFAULT_FALSE_ALARMS_PER_DAY = 1.0
+"""Target rate of the exported threshold: normal periods above it per day (as ``edge-asd calibrate``)."""
+EXPORT_PERIOD_S = AlarmConfig().period_s
+"""Period the exported threshold is fitted for, seconds: the service's default ``alarm.period_s``."""
+PROVISIONAL_MARGIN = 1.0
+"""Added to the highest validation score when too little audio supports a fit: one standard
+deviation of normal window scores (scores are standardised), more than a period mean of many
+windows usually moves."""
 
 DISALLOWED_OP_MARKERS = ("FLEX", "TENSORLIST", "WHILE", "CUSTOM", "DELEGATE", "CALL_ONCE", "VAR_HANDLE", "READ_VARIABLE")
 """Op-name fragments that a device runtime cannot run or that mean a non-pure-builtin graph."""
@@ -174,25 +195,85 @@ def clip_scores(
     return out
 
 
-def _threshold(scores: np.ndarray, *, false_alarm_rate: float, clip_s: float | None, source_clips: str) -> Threshold:
-    value = float(np.quantile(scores, 1.0 - false_alarm_rate))
-    per_day = None if not clip_s else false_alarm_rate * 86400.0 / clip_s
+def _normal_clips(result: TrainResult) -> tuple[list[tuple[Path, str | None]], str]:
+    """Normal clips never seen by the optimiser (validation), else the training ones, with the
+    class label each is scored against (``neg_log_prob`` only), and which set they are."""
+    use_labels = result.score_kind == "neg_log_prob"
+    if result.score_kind == "anomaly_prob":
+        normal = [(Path(p), None) for p, lab in zip(result.val_paths, result.val_labels) if lab == "normal"]
+    else:
+        normal = [(Path(p), lab if use_labels else None) for p, lab in zip(result.val_paths, result.val_labels)]
+    if normal:
+        return normal, "validation"
+    train = [(Path(p), lab if use_labels else None) for p, lab in zip(result.train_paths, result.train_labels) if lab not in ("anomaly", "abnormal")]
+    return train, "training"
+
+
+def _factory_score_scaling(bundle: Bundle, normal: Sequence[tuple[Path, str | None]], source_clips: str) -> tuple[ScoreScaling, str]:
+    """Mean and std of the int8 model's raw window scores on ``normal`` (bundle with identity scaling)."""
+    det = Detector(dataclasses.replace(bundle, score_scaling=ScoreScaling()), model="int8")
+    scores = []
+    for path, label in normal:
+        samples, _ = read_wav(path, sr=bundle.features.sr)
+        scores.append(det.score_windows(compute_features(samples, bundle.features), class_label=label))
+    raw = np.concatenate(scores)
+    if raw.size < 2 or not np.isfinite(raw).all():
+        raise ExportError(f"{len(normal)} {source_clips} normal clip(s) give {raw.size} window score(s); a score scale needs more audio")
+    mean, std = float(raw.mean()), float(raw.std())
+    if not std > 0:
+        raise ExportError(f"the int8 model gives every {source_clips} window the same score ({mean:.6g}); it cannot rank anything")
+    return ScoreScaling(mean=mean, std=std), (
+        f"mean and std of {raw.size} int8 window scores of {len(normal)} {source_clips} normal clips"
+    )
+
+
+def _export_threshold(
+    bundle: Bundle, normal: Sequence[tuple[Path, str | None]], *, false_alarms_per_day: float, source_clips: str
+) -> Threshold:
+    """The threshold for ``false_alarms_per_day`` at :data:`EXPORT_PERIOD_S` periods, fitted as
+    ``edge-asd calibrate`` fits it; provisional (and saying so) when the clips are too few."""
+    groups: dict[tuple[str | None, int], list[Path]] = {}
+    for path, label in normal:
+        # One stream per class (a detector listens to one machine class) and channel count.
+        groups.setdefault((label, wav_info(path)[1]), []).append(path)
+    periods, audio_s = [], 0.0
+    for (label, _), files in groups.items():
+        det = Detector(bundle, model="int8", class_label=label)
+        scores, seconds = score_periods(det, FileListSource(files, sr=bundle.features.sr), period_s=EXPORT_PERIOD_S)
+        periods.append(scores)
+        audio_s += seconds
+    period_scores = np.concatenate(periods)
+    what = f"{len(normal)} {source_clips} normal clips ({audio_s:.0f} s) played as the service hears them"
+    reason = (f"{period_scores.size} period(s) of {EXPORT_PERIOD_S:g} s (a fit needs >= {MIN_PERIODS}, i.e. "
+              f">= {MIN_PERIODS * EXPORT_PERIOD_S:g} s of {source_clips} audio)")
+    if period_scores.size >= MIN_PERIODS:
+        try:
+            fit = fit_threshold(period_scores, period_s=EXPORT_PERIOD_S, false_alarms_per_day=false_alarms_per_day)
+        except ParameterError as exc:
+            reason = str(exc)
+        else:
+            return threshold_record(fit, input_desc=what, model="int8", source="training")
+    # Too little audio for a tail fit: stay above everything seen. Clips shorter than half a period
+    # give no period at all; their clip means then stand in (they spread more: conservative).
+    pool = period_scores if period_scores.size else clip_scores(
+        Detector(bundle, model="int8"), [p for p, _ in normal], [lab for _, lab in normal])
+    statement = (f"provisional: too little validation audio, calibrate or enroll on site ({reason}); "
+                 f"threshold = highest of {pool.size} {'period' if period_scores.size else 'clip'} score(s) "
+                 f"({float(pool.max()):.6g}) + {PROVISIONAL_MARGIN:g}")
     return Threshold(
-        value=value,
-        method="quantile",
+        value=float(pool.max()) + PROVISIONAL_MARGIN,
+        method="provisional-max-plus-margin",
         source="training",
-        false_alarms_per_day=per_day,
-        period_s=clip_s,
+        false_alarms_per_day=None,
+        period_s=EXPORT_PERIOD_S,
         details={
-            "description": (
-                f"{100 * (1 - false_alarm_rate):g}th percentile of int8 clip scores on {len(scores)} "
-                f"{source_clips} normal clips: about {100 * false_alarm_rate:g}% of normal clips alarm; "
-                "calibrate on the device for a false-alarm rate per day"
-            ),
-            "false_alarm_rate_per_clip": false_alarm_rate,
-            "n_clips": int(len(scores)),
-            "score_mean": float(np.mean(scores)),
-            "score_std": float(np.std(scores)),
+            "statement": statement,
+            "input": what,
+            "target_false_alarms_per_day": false_alarms_per_day,
+            "n_periods": int(period_scores.size),
+            "audio_s": audio_s,
+            "max_score": float(pool.max()),
+            "margin": PROVISIONAL_MARGIN,
         },
     )
 
@@ -201,7 +282,7 @@ def export_bundle(
     result: TrainResult,
     out_dir: str | os.PathLike,
     *,
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE,
+    false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
     provenance: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> Bundle:
@@ -213,8 +294,9 @@ def export_bundle(
         A training run from :func:`trainer.train.train`.
     out_dir
         The bundle directory (created; existing model files are replaced).
-    false_alarm_rate
-        Fraction of validation normal clips above the exported threshold.
+    false_alarms_per_day
+        Target rate of the exported threshold: normal :data:`EXPORT_PERIOD_S` periods above it per
+        day, fitted as ``edge-asd calibrate`` fits it on the validation normal clips.
     provenance, metrics
         Extra entries for ``bundle.json`` (data root, protocol, …; evaluation results).
 
@@ -228,8 +310,11 @@ def export_bundle(
     ExportError
         Conversion failed or produced ops a device runtime cannot run.
     """
-    if not 0 < false_alarm_rate < 1:
-        raise ParameterError(f"false_alarm_rate must be in (0, 1), got {false_alarm_rate}")
+    if not (np.isfinite(false_alarms_per_day) and 0 < false_alarms_per_day < SECONDS_PER_DAY / EXPORT_PERIOD_S):
+        raise ParameterError(
+            f"false_alarms_per_day must be > 0 and below one per period ({SECONDS_PER_DAY / EXPORT_PERIOD_S:g}), "
+            f"got {false_alarms_per_day}"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     twin = export_twin(result.model, result.model_config)
@@ -281,22 +366,18 @@ def export_bundle(
         provenance=prov,
         metrics=dict(metrics or {}),
     )
-    # Threshold: validation normals (never seen by the optimiser); without any, the training clips.
-    if result.score_kind == "anomaly_prob":
-        normal = [(p, None) for p, lab in zip(result.val_paths, result.val_labels) if lab == "normal"]
-    else:
-        use_labels = result.score_kind == "neg_log_prob"
-        normal = [(p, lab if use_labels else None) for p, lab in zip(result.val_paths, result.val_labels)]
-    source_clips = "validation"
+    # Score scaling and threshold from normal clips never seen by the optimiser (else training clips).
+    normal, source_clips = _normal_clips(result)
     if not normal:
-        normal = [(p, lab if result.score_kind == "neg_log_prob" else None) for p, lab in zip(result.train_paths, result.train_labels) if lab != "anomaly"]
-        source_clips = "training"
-    det = Detector(bundle, model="int8")
-    scores = clip_scores(det, [p for p, _ in normal], [lab for _, lab in normal])
-    first, sr = read_wav(normal[0][0])
+        raise ExportError("no normal clips to set the score scale and threshold from")
+    scaling, scaling_how = _factory_score_scaling(bundle, normal, source_clips)
+    bundle = dataclasses.replace(bundle, score_scaling=scaling, provenance={**prov, "score_scaling": scaling_how})
+    threshold = _export_threshold(bundle, normal, false_alarms_per_day=false_alarms_per_day, source_clips=source_clips)
     bundle = dataclasses.replace(
         bundle,
-        threshold=_threshold(scores, false_alarm_rate=false_alarm_rate, clip_s=len(first) / sr, source_clips=source_clips),
+        threshold=threshold,
+        # The factory values, kept so that 'edge-asd enroll --rollback' can restore them exactly.
+        enrollment=Enrollment(factory=EnrollmentValues(normalization=bundle.normalization, score_scaling=scaling, threshold=threshold)),
     )
     write_bundle(bundle)
     return bundle

@@ -63,7 +63,7 @@ def fit_bundle(
     seed: int = 0,
     normalization: str = "per-feature",
     run_evaluation: bool = True,
-    false_alarm_rate: float = 0.05,
+    false_alarms_per_day: float = 1.0,
     cache_dir: Path | None = None,
     log=click.echo,
 ) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def fit_bundle(
     bundle = export_bundle(
         result,
         out,
-        false_alarm_rate=false_alarm_rate,
+        false_alarms_per_day=false_alarms_per_day,
         provenance={
             "data_root": str(Path(root).resolve()),
             "layout": layout,
@@ -157,12 +157,12 @@ def _default_protocol(root: Path, layout: str) -> str:
 @click.option("--normalization", type=click.Choice(["per-feature", "global"]), default="per-feature", show_default=True,
               help="Standardise each band, or centre each band and use one common scale (the DCASE baseline's raw dB; "
                    "better on ToyCar, see benchmarks/toycar.py).")
-@click.option("--false-alarm-rate", type=float, default=0.05, show_default=True, help="Fraction of validation normal clips above the exported threshold.")
+@click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Target false alarms per day of the exported threshold (fitted on the validation normal clips, as edge-asd calibrate does).")
 @click.option("--evaluate/--no-evaluate", "run_evaluation", default=True, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Feature cache (default ~/.cache/edge-asd/features).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle directory to write.")
 def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, model, objective, feature_kind, n_mels, n_fft, hop_length, epochs,
-        normalization, false_alarm_rate, run_evaluation, cache_dir, out) -> None:
+        normalization, false_alarms_per_day, run_evaluation, cache_dir, out) -> None:
     """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it."""
     quiet_tensorflow_logs()
     features = cli_features(feature_kind, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)  # before any data is read
@@ -170,7 +170,7 @@ def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, model, objec
     res = fit_bundle(
         data_root, out, layout=layout, machine=machine, ids=ids, snr=snr, model=model, objective=objective,
         features=features, protocol=protocol, epochs=epochs, seed=seed,
-        normalization=normalization, run_evaluation=run_evaluation, false_alarm_rate=false_alarm_rate, cache_dir=cache_dir,
+        normalization=normalization, run_evaluation=run_evaluation, false_alarms_per_day=false_alarms_per_day, cache_dir=cache_dir,
     )
     if res["evaluation"]:
         from trainer.evaluate import markdown_summary

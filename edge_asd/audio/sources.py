@@ -18,7 +18,7 @@ import numpy as np
 from edge_asd.audio.wav import read_wav, wav_info
 from edge_asd.errors import AudioFileError, ParameterError
 
-__all__ = ["AudioSource", "WavFileSource", "FolderSource", "list_wavs", "open_source"]
+__all__ = ["AudioSource", "WavFileSource", "FolderSource", "FileListSource", "list_wavs", "open_source"]
 
 
 @runtime_checkable
@@ -175,6 +175,41 @@ class FolderSource(_FileBlocks):
         super().__init__(
             sr=sr or rates.pop(), n_channels=counts.pop(), block_size=block_size, realtime=realtime, loop=loop
         )
+
+    def _files(self) -> list[Path]:
+        return self.files
+
+
+class FileListSource(_FileBlocks):
+    """Given wav files, played in the given order as one continuous stream (the trainer scores its
+    validation clips this way, as the service would hear them).
+
+    Every file must have the same channel count (checked when opened). Parameters as
+    :class:`WavFileSource`, with ``files`` a non-empty sequence of wav paths.
+    """
+
+    def __init__(
+        self,
+        files,
+        *,
+        sr: int | None = None,
+        channels: int | None = None,
+        block_size: int = 1600,
+        realtime: bool = False,
+        loop: bool = False,
+    ) -> None:
+        self.files = [Path(f) for f in files]
+        if not self.files:
+            raise ParameterError("FileListSource needs at least one wav file")
+        infos = {path: wav_info(path) for path in self.files}
+        want = channels if channels is not None else infos[self.files[0]][1]
+        for path, (_, file_ch, _) in infos.items():
+            if file_ch != want:
+                raise AudioFileError(f"{path}: has {file_ch} channel(s) but {want} are expected (as the first file or the configuration)")
+        rates = {file_sr for file_sr, _, _ in infos.values()}
+        if sr is None and len(rates) > 1:
+            raise AudioFileError(f"{self.files[0]} ...: files have rates {sorted(rates)} Hz; configure a sample rate")
+        super().__init__(sr=sr or rates.pop(), n_channels=want, block_size=block_size, realtime=realtime, loop=loop)
 
     def _files(self) -> list[Path]:
         return self.files
