@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toycar-results", type=Path, help="use this benchmarks.toycar JSON for the quality table instead of training it here")
     parser.add_argument("--update-readme", action="store_true", help="rewrite README.md's performance section with this run")
     args = parser.parse_args(argv)
+    if args.toycar_results is not None and not args.toycar_results.is_file():
+        # Checked before minutes of measuring, not after them.
+        parser.error(f"--toycar-results {args.toycar_results}: no such file (from the repository root the "
+                     "finished ToyCar run is benchmarks/results/toycar.json)")
     command = "python -m benchmarks" + (" --quick" if args.quick else "") + (f" --toycar-results {args.toycar_results}" if args.toycar_results else "")
     work = WORK / ("quick" if args.quick else "full")
     work.mkdir(parents=True, exist_ok=True)

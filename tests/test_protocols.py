@@ -9,7 +9,7 @@ import pytest
 
 from edge_asd.errors import DatasetError, ParameterError
 from trainer.datasets import Clip, read_dataset
-from trainer.protocols import PROTOCOLS, dcase_split, holdout_n, make_splits, mimii_splits, supervised_8020
+from trainer.protocols import MIN_NORMAL_CLIPS, PROTOCOLS, dcase_split, holdout_n, make_splits, mimii_splits, normal_only, supervised_8020
 
 
 def mimii_clips(machines=("fan", "valve"), ids=("id_00", "id_02"), snrs=(6.0, -6.0), n_normal=20, n_abnormal=6):
@@ -134,7 +134,7 @@ def test_holdout_n_exact_counts() -> None:
 
 def test_make_splits_dispatch() -> None:
     clips = mimii_clips(n_normal=10, n_abnormal=4)
-    assert PROTOCOLS == ("mimii", "dcase", "supervised-8020", "holdout-n")
+    assert PROTOCOLS == ("mimii", "dcase", "supervised-8020", "holdout-n", "normal-only")
     assert len(make_splits(clips, "mimii", seed=1)) == 8
     per_machine = make_splits(clips, "holdout-n", seed=1, n=3)
     assert [s.name for s in per_machine] == ["holdout-n_fan_n3_seed1", "holdout-n_valve_n3_seed1"]
@@ -149,3 +149,35 @@ def test_make_splits_dispatch() -> None:
         make_splits(clips, "mimii", n=3)
     with pytest.raises(DatasetError, match="no clips"):
         make_splits([], "mimii")
+
+
+def test_normal_only_holds_out_whole_normal_clips_and_tests_every_anomaly() -> None:
+    clips = mimii_clips(machines=("fan",), ids=("id_00",), snrs=(6.0,), n_normal=30, n_abnormal=5)
+    split = normal_only(clips, seed=3)
+    assert_disjoint(split)
+    counts = split.counts
+    assert counts == {"train_normal": 24, "train_anomaly": 0, "test_normal": 6, "test_anomaly": 5, "test_unknown": 0}
+    assert split.protocol == "normal-only" and not split.reported_apart
+    assert normal_only(clips, seed=3).test == split.test  # seeded
+    assert normal_only(clips, seed=4).test != split.test
+    assert "AUC and pAUC" in split.description
+
+
+def test_normal_only_needs_no_anomalies_and_says_what_it_measures() -> None:
+    normals = mimii_clips(machines=("fan",), ids=("id_00",), snrs=(6.0,), n_normal=10, n_abnormal=0)
+    split = normal_only(normals, seed=0)
+    assert split.counts["test_normal"] == 2 and split.counts["train_normal"] == 8 and split.counts["test_anomaly"] == 0
+    assert "no AUC" in split.description
+    # the protocols that test on anomalies point to it
+    with pytest.raises(DatasetError, match="normal-only"):
+        mimii_splits(normals, seed=0)
+    with pytest.raises(DatasetError, match="normal-only"):
+        holdout_n(normals, n=2, seed=0)
+    with pytest.raises(DatasetError, match="normal-only"):
+        supervised_8020(normals, seed=0)
+
+
+def test_normal_only_too_few_clips_says_how_much_audio_is_needed() -> None:
+    few = mimii_clips(machines=("fan",), ids=("id_00",), snrs=(6.0,), n_normal=MIN_NORMAL_CLIPS - 1, n_abnormal=3)
+    with pytest.raises(DatasetError, match=r"9 normal clip\(s\); training needs at least 10 .*edge-asd record"):
+        make_splits(few, "normal-only")

@@ -132,8 +132,15 @@ def evaluate_clips(
     progress: bool = True,
     plots: bool = True,
     class_label: Callable[[Clip], str] | None = None,
+    recipe_selection: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score labelled test clips with both models, write reports, return the JSON summary.
+
+    Test sets of normal clips only (the ``normal-only`` protocol without an ``abnormal/`` folder)
+    get what can be measured without anomalies: the held-out normal score distribution and the
+    false alarms to expect at the bundle's threshold (:func:`normal_score_summary`); AUC and pAUC
+    are added when anomalous clips exist. ``recipe_selection`` (from ``--recipe auto``) goes into
+    the summary and the markdown.
 
     ``class_label`` maps a clip to its class for ``neg_log_prob`` bundles; it must be the function
     the labels were made with at training (default :func:`trainer.datasets.attribute_group`).
@@ -147,8 +154,8 @@ def evaluate_clips(
     if not labelled:
         raise ParameterError("no labelled test clips (normal/anomaly) to evaluate")
     y = np.array([c.is_anomaly for c in labelled], dtype=int)
-    if y.min() == y.max():
-        raise ParameterError("the test clips are all one label; AUC needs normal and anomalous clips")
+    if y.min() == 1:
+        raise ParameterError("the test clips are all anomalous; hold out normal clips too (e.g. --protocol normal-only)")
     class_labels = [class_label_for(bundle, c, class_label or attribute_group) for c in labelled]
     scores = score_clips(
         bundle,
@@ -167,11 +174,16 @@ def evaluate_clips(
         "model": bundle.model.kind,
         "features": bundle.features.kind,
         "n_test": {"normal": int((y == 0).sum()), "anomaly": int((y == 1).sum())},
-        **parity(y, scores),
+        **(parity(y, scores) if y.max() == 1 else {"auc_not_measured": "the test set holds no anomalous clips"}),
+        "normal_scores": normal_score_summary(
+            scores["int8"][y == 0], bundle, clip_s=[_duration_s(c.path) for c, yy in zip(labelled, y) if yy == 0]
+        ),
         "int8_size_bytes": bundle.model_path("int8").stat().st_size,
         "threshold": bundle.threshold.value,
         "scoring": "clip score = mean window score via edge_asd.detector.Detector (TFLite, LiteRT)",
     }
+    if recipe_selection:
+        summary["recipe_selection"] = dict(recipe_selection)
     # Per-group AUC (machine ID / section): the DCASE and MIMII tables.
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(labelled):
@@ -182,6 +194,10 @@ def evaluate_clips(
         if yy.min() != yy.max():
             per_group[g] = {m: float(auc(yy, s[idx])) for m, s in scores.items()}
     summary["per_group_auc"] = per_group
+    if y.max() == 0:  # no anomalies: no ROC, no DCASE result table; the scores and the summary are the report
+        summary["report"] = _write_normal_scores(labelled, scores, out)
+        _finish(summary, out, bundle, store_in_bundle)
+        return summary
     rows = [
         {"clip": c, "score": float(scores["int8"][i]), **{f"score_{m}": float(s[i]) for m, s in scores.items()}}
         for i, c in enumerate(labelled)
@@ -189,13 +205,87 @@ def evaluate_clips(
     summary["report"] = _write_dcase_report(
         rows, out, title=title, score_columns=tuple(f"score_{m}" for m in scores), plots=plots
     )
+    _finish(summary, out, bundle, store_in_bundle)
+    return summary
+
+
+def _finish(summary: dict[str, Any], out: Path, bundle: Bundle, store_in_bundle: bool) -> None:
     (out / "evaluation.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     (out / "evaluation.md").write_text(markdown_summary(summary), encoding="utf-8")
     if store_in_bundle:
         from trainer.export import with_metrics
 
         with_metrics(bundle, {"evaluation": {k: v for k, v in summary.items() if k != "report"}})
-    return summary
+
+
+def _duration_s(path: Path) -> float:
+    from edge_asd.audio import wav_info
+
+    sr, _, n = wav_info(path)
+    return n / sr
+
+
+def _write_normal_scores(clips: Sequence[Clip], scores: Mapping[str, np.ndarray], out: Path) -> dict[str, str]:
+    """``normal_scores.csv``: file and the score of each model, for a test set without anomalies."""
+    import csv
+
+    path = out / "normal_scores.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", *(f"score_{m}" for m in scores)])
+        for i, c in enumerate(clips):
+            writer.writerow([str(c.path), *(repr(float(s[i])) for s in scores.values())])
+    return {"normal_scores_csv": str(path)}
+
+
+NORMAL_SCORE_QUANTILES = (0.5, 0.9, 0.99)
+CONFIDENCE = 0.95
+
+
+def normal_score_summary(scores: np.ndarray, bundle: Bundle, *, clip_s: Sequence[float]) -> dict[str, Any]:
+    """What held-out normal clips say without any anomaly: their score distribution and the false
+    alarms to expect at the bundle's threshold.
+
+    A clip's score is the mean of its window scores, as a period's is on the device; with clips as
+    long as the threshold's period, the share of clips above the threshold estimates the share of
+    false-alarm periods. Few clips bound that share only loosely, so the one-sided Clopper-Pearson
+    upper bound at :data:`CONFIDENCE` is given beside the estimate (0 of 6 clips is not "no false
+    alarms": it is at most 39 % of periods).
+
+    Parameters
+    ----------
+    scores
+        int8 clip scores of the held-out normal clips.
+    clip_s
+        Their durations, seconds.
+    """
+    from scipy.stats import beta
+
+    t = bundle.threshold
+    n = int(scores.size)
+    above = int((scores > t.value).sum())
+    upper = float(beta.ppf(CONFIDENCE, above + 1, n - above)) if above < n else 1.0
+    period_s = t.period_s or (float(np.mean(clip_s)) if len(clip_s) else None)
+    per_day = 86400.0 / period_s if period_s else None
+    out: dict[str, Any] = {
+        "n_clips": n,
+        "clip_s_mean": float(np.mean(clip_s)) if len(clip_s) else None,
+        "mean": float(scores.mean()) if n else None,
+        "std": float(scores.std()) if n else None,
+        "quantiles": {f"{q:g}": float(np.quantile(scores, q)) for q in NORMAL_SCORE_QUANTILES} if n else {},
+        "max": float(scores.max()) if n else None,
+        "threshold": t.value,
+        "threshold_method": t.method,
+        "threshold_false_alarms_per_day": t.false_alarms_per_day,
+        "threshold_period_s": period_s,
+        "clips_above_threshold": above,
+        "fraction_above_threshold": above / n if n else None,
+        f"fraction_above_threshold_upper_{int(CONFIDENCE * 100)}": upper if n else None,
+    }
+    if per_day and n:
+        out["expected_false_alarms_per_day"] = above / n * per_day
+        out[f"expected_false_alarms_per_day_upper_{int(CONFIDENCE * 100)}"] = upper * per_day
+    return out
 
 
 def _write_dcase_report(
@@ -220,6 +310,8 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
         "| model | AUC | pAUC (FPR≤0.1) |",
         "|---|---|---|",
     ]
+    if "auc_not_measured" in summary:
+        lines[-2:] = [f"AUC / pAUC not measured: {summary['auc_not_measured']}."]
     for m in ("float", "int8", "keras"):
         if f"auc_{m}" in summary:
             lines.append(f"| {m} | {summary[f'auc_{m}']:.4f} | {summary[f'pauc_{m}']:.4f} |")
@@ -228,4 +320,25 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
             f"| **int8 − float** | {summary['auc_int8_minus_float']:+.4f} | {summary['pauc_int8_minus_float']:+.4f} |"
         )
     lines += ["", f"int8 model: {summary.get('int8_size_bytes', 0) / 1024:.1f} KB", ""]
+    ns = summary.get("normal_scores")
+    if ns and ns.get("n_clips"):
+        upper = int(CONFIDENCE * 100)
+        q = ns["quantiles"]
+        lines += [
+            f"Held-out normal clips ({ns['n_clips']}, {ns['clip_s_mean']:.1f} s each), int8 scores: mean {ns['mean']:.4g}, "
+            f"median {q['0.5']:.4g}, 90th percentile {q['0.9']:.4g}, max {ns['max']:.4g}.",
+            f"At the bundle's threshold {ns['threshold']:.4g} ({ns['threshold_method']}"
+            + (f", set for {ns['threshold_false_alarms_per_day']:g} false alarm(s)/day" if ns.get("threshold_false_alarms_per_day") else "")
+            + f"): {ns['clips_above_threshold']} of {ns['n_clips']} clips above"
+            + (f", i.e. about {ns['expected_false_alarms_per_day']:.3g} false alarms/day at {ns['threshold_period_s']:g} s periods "
+               f"(at most {ns[f'expected_false_alarms_per_day_upper_{upper}']:.3g}/day with {upper} % confidence: more held-out "
+               "audio narrows this; the device's calibrate/enroll fits the rate on site)" if "expected_false_alarms_per_day" in ns else "")
+            + ".",
+            "",
+        ]
+    sel = summary.get("recipe_selection")
+    if sel:
+        from trainer.select import selection_markdown
+
+        lines += [selection_markdown(sel), ""]
     return "\n".join(lines)

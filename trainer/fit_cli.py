@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import click
 
-from edge_asd.errors import ParameterError
+from edge_asd.errors import DatasetError, ParameterError
 from edge_asd.frontend import FeatureConfig
 from trainer import quiet_tensorflow_logs
+from trainer.recipes import AUTO, AUTO_CANDIDATES, DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 
-__all__ = ["fit", "evaluate", "select_split", "fit_bundle"]
+__all__ = ["fit", "evaluate", "recipes", "select_split", "fit_bundle", "default_protocol", "check_audio_formats"]
 
 LAYOUT_CHOICES = ["auto", "mimii", "dcase2020", "dcase", "folder"]
-PROTOCOL_CHOICES = ["mimii", "dcase", "supervised-8020", "holdout-n"]
+PROTOCOL_CHOICES = ["normal-only", "mimii", "dcase", "supervised-8020", "holdout-n"]
+
+
+def default_protocol(clips: Sequence[Any], layout: str) -> str:
+    """The protocol a data set gets when none is named: its own when it can be applied, else
+    ``normal-only``, which needs nothing but normal clips.
+
+    MIMII with anomalous clips: ``mimii``; a DCASE layout with both ``train/`` and ``test/``: ``dcase``;
+    a plain folder, or any data set without what its own protocol needs: ``normal-only``.
+    """
+    if layout == "mimii" and any(c.label == "anomaly" for c in clips):
+        return "mimii"
+    if layout in ("dcase", "dcase2020") and {c.split for c in clips} >= {"train", "test"}:
+        return "dcase"
+    return "normal-only"
 
 
 def select_split(
@@ -25,26 +40,46 @@ def select_split(
     machine: Sequence[str] = (),
     ids: Sequence[str] = (),
     snr: Sequence[float] = (),
-    protocol: str = "dcase",
+    protocol: str | None = None,
     seed: int = 0,
     n: int | None = None,
-) -> tuple[list[Any], list[Any], str]:
-    """Read a data set, filter it and apply a protocol: ``(train clips, test clips, description)``.
+) -> tuple[list[Any], list[Any], str, str]:
+    """Read a data set, filter it and apply a protocol: ``(train clips, test clips, description, protocol)``.
 
-    Several groups (e.g. MIMII IDs) are merged into one training set: one model for all of them
-    (the ``id`` objective needs that; for an autoencoder it is one model per selection).
+    ``protocol=None`` picks :func:`default_protocol`. Several groups (e.g. MIMII IDs) are merged into
+    one training set: one model for all of them (the ``id`` objective needs that; for an autoencoder
+    it is one model per selection).
     """
-    from trainer.datasets import filter_clips, read_dataset
+    from trainer.datasets import filter_clips, scan_dataset
     from trainer.protocols import make_splits
 
-    clips = read_dataset(root, layout=layout)
+    found, clips = scan_dataset(root, layout=layout)
     clips = filter_clips(clips, machine=list(machine) or None, ids=list(ids) or None, snr_db=list(snr) or None)
     if not clips:
         raise ParameterError(f"{root}: no clips match machine={list(machine)} id={list(ids)} snr={list(snr)}")
+    protocol = protocol or default_protocol(clips, found)
     splits = make_splits(clips, protocol, seed=seed, n=n)
     train = sorted({c for s in splits for c in s.train}, key=lambda c: str(c.path))
     test = sorted({c for s in splits for c in s.test}, key=lambda c: str(c.path))
-    return train, test, "; ".join(s.name for s in splits)
+    return train, test, "; ".join(s.name for s in splits), protocol
+
+
+def check_audio_formats(paths: Sequence[Path]) -> tuple[int, int]:
+    """``(sample rate Hz, channels)`` shared by every file; a :class:`DatasetError` names a file of
+    each kind when they differ (one model is trained for one microphone set-up)."""
+    from edge_asd.audio import wav_info
+
+    kinds: dict[tuple[int, int], Path] = {}
+    for path in paths:
+        sr, channels, _ = wav_info(path)
+        kinds.setdefault((sr, channels), path)
+    if len(kinds) > 1:
+        listed = "; ".join(f"{p} ({sr} Hz, {ch} ch)" for (sr, ch), p in sorted(kinds.items()))
+        raise DatasetError(
+            f"the clips differ in sample rate or channel count: {listed}. Record every clip with the same "
+            "device profile, or train one bundle per set-up"
+        )
+    return next(iter(kinds)) if kinds else (0, 0)
 
 
 def fit_bundle(
@@ -55,68 +90,106 @@ def fit_bundle(
     machine: Sequence[str] = (),
     ids: Sequence[str] = (),
     snr: Sequence[float] = (),
-    model: str = "conv-ae",
+    recipe: str | Recipe = DEFAULT_RECIPE,
+    overrides: Mapping[str, Any] | None = None,
     objective: str | None = None,
-    features: FeatureConfig | None = None,
-    protocol: str = "dcase",
-    epochs: int = 20,
+    protocol: str | None = None,
+    epochs: int | None = None,
     seed: int = 0,
-    normalization: str = "per-feature",
     run_evaluation: bool = True,
     false_alarms_per_day: float = 1.0,
     cache_dir: Path | None = None,
+    candidates: Sequence[str] = AUTO_CANDIDATES,
+    candidates_dir: Path | None = None,
     log=click.echo,
 ) -> dict[str, Any]:
     """Train, export and (by default) evaluate; the library form of ``asd-train fit``.
 
-    Returns ``{"bundle": Path, "test_clips": [Clip], "evaluation": summary or None}``.
+    Parameters
+    ----------
+    recipe
+        A :class:`~trainer.recipes.Recipe`, a recipe name, or ``"auto"``: train every recipe of
+        :data:`~trainer.recipes.AUTO_CANDIDATES` and keep the one that best separates held-out
+        normal clips from synthetic faults made from them (:mod:`trainer.select`).
+    overrides
+        Recipe fields to override (the command-line flags), ``None`` values ignored.
+    candidates
+        ``"auto"`` only: the recipes to train and rank, best measured first.
+    candidates_dir
+        ``"auto"`` only: keep every candidate's bundle there (default: a temporary folder).
+
+    Returns ``{"bundle": Path, "test_clips": [Clip], "evaluation": summary or None, "train_result",
+    "protocol", "recipe": Recipe, "selection": table or None}``.
     """
     from trainer.datasets import attribute_group
     from trainer.evaluate import evaluate_clips
     from trainer.export import export_bundle
-    from trainer.train import TrainConfig, train
+    from trainer.train import train
 
-    features = features or FeatureConfig()
-    train_clips, test_clips, split_name = select_split(
+    overrides = dict(overrides or {})
+    if epochs is not None:
+        overrides["epochs"] = epochs
+    auto = recipe == AUTO
+    chosen = None if auto else (recipe if isinstance(recipe, Recipe) else get_recipe(recipe)).with_overrides(**overrides)
+    train_clips, test_clips, split_name, protocol = select_split(
         root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed
     )
-    config = TrainConfig(model=model, objective=objective, epochs=epochs, seed=seed, normalization=normalization)
-    obj = config.resolved_objective
-    if obj == "supervised" and protocol != "supervised-8020":
-        raise ParameterError("the supervised objective needs --protocol supervised-8020 (it trains on anomalies)")
-    if obj == "reconstruction" or obj == "id":
-        train_clips = [c for c in train_clips if c.label == "normal"]
-    labels = None
-    if obj == "id":
-        labels = [attribute_group(c) for c in train_clips]
-    elif obj == "supervised":
-        labels = [c.label for c in train_clips]
+    if not auto and chosen.needs_classes and objective is None and len({attribute_group(c) for c in train_clips}) < 2:
+        raise ParameterError(
+            f"recipe {chosen.name} ({chosen.model}) learns to tell machine IDs / attributes apart, and {root} holds "
+            "one; use an autoencoder recipe (asd-train recipes)"
+        )
+    check_audio_formats([c.path for c in train_clips + test_clips])
+    provenance = {
+        "data_root": str(Path(root).resolve()),
+        "layout": layout,
+        "protocol": protocol,
+        "split": split_name,
+        "selection": {"machine": list(machine), "id": list(ids), "snr_db": list(snr)},
+    }
     log(f"{split_name}: {len(train_clips)} training clips, {len(test_clips)} test clips")
-    result = train([c.path for c in train_clips], features, config, labels=labels, cache_dir=cache_dir, log=log)
-    bundle = export_bundle(
-        result,
-        out,
-        false_alarms_per_day=false_alarms_per_day,
-        provenance={
-            "data_root": str(Path(root).resolve()),
-            "layout": layout,
-            "protocol": protocol,
-            "split": split_name,
-            "selection": {"machine": list(machine), "id": list(ids), "snr_db": list(snr)},
-        },
-    )
-    log(f"bundle written: {bundle.path} (int8 {bundle.model_path('int8').stat().st_size / 1024:.1f} KB)")
+    selection = None
+    if auto:
+        from trainer.select import select_recipe
+
+        picked = select_recipe(
+            [c.path for c in train_clips if c.label == "normal"], out, candidates=candidates, overrides=overrides, seed=seed,
+            cache_dir=cache_dir, candidates_dir=candidates_dir, provenance=provenance, log=log,
+        )
+        result, chosen, bundle, selection = picked.train_result, picked.recipe, picked.bundle, picked.table
+    else:
+        config = chosen.train_config(seed=seed, objective=objective)
+        obj = config.resolved_objective
+        if obj == "supervised" and protocol != "supervised-8020":
+            raise ParameterError("the supervised objective needs --protocol supervised-8020 (it trains on anomalies)")
+        if obj in ("reconstruction", "id"):
+            train_clips = [c for c in train_clips if c.label == "normal"]
+        labels = None
+        if obj == "id":
+            labels = [attribute_group(c) for c in train_clips]
+        elif obj == "supervised":
+            labels = [c.label for c in train_clips]
+        log(f"recipe {chosen.name}: {chosen.model} on {chosen.features} {chosen.n_fft}/{chosen.hop_length}/{chosen.n_mels}")
+        result = train([c.path for c in train_clips], chosen.feature_config(), config, labels=labels, cache_dir=cache_dir, log=log)
+        bundle = export_bundle(
+            result,
+            out,
+            false_alarms_per_day=false_alarms_per_day,
+            provenance={**provenance, "recipe": {"name": chosen.name, "settings": chosen.settings(), "measured": chosen.measured}},
+        )
+    log(f"bundle written: {bundle.path} (recipe {chosen.name}, int8 {bundle.model_path('int8').stat().st_size / 1024:.1f} KB)")
     summary = None
     if run_evaluation and test_clips:
         summary = evaluate_clips(
-            bundle.path, test_clips, out / "report", title=f"{model} {features.kind} {split_name}",
-            protocol=protocol, keras_model=result.model, cache_dir=cache_dir,
+            bundle.path, test_clips, out / "report", title=f"{chosen.name} ({chosen.model} {chosen.features}) {split_name}",
+            protocol=protocol, keras_model=result.model, cache_dir=cache_dir, recipe_selection=selection,
         )
-    return {"bundle": bundle.path, "test_clips": test_clips, "evaluation": summary, "train_result": result}
+    return {"bundle": bundle.path, "test_clips": test_clips, "evaluation": summary, "train_result": result,
+            "protocol": protocol, "recipe": chosen, "selection": selection}
 
 
 def cli_features(kind: str, *, n_mels: int, n_fft: int, hop_length: int) -> FeatureConfig:
-    """The feature config ``asd-train fit`` trains with.
+    """A feature config from the frame flags (IMS sinc filters as :meth:`Recipe.feature_config` sizes them).
 
     The sinc filters of IMS are as long as seed 000's (251 taps) where the FFT holds them, and one
     tap shorter than the FFT otherwise, so a short ``n_fft`` needs no extra option.
@@ -130,52 +203,81 @@ def _common(f):
     f = click.option("--machine", multiple=True, help="Machine type(s), e.g. fan (repeatable).")(f)
     f = click.option("--id", "ids", multiple=True, help="Machine ID(s) / section(s), e.g. 00 (repeatable).")(f)
     f = click.option("--snr", type=float, multiple=True, help="MIMII SNR(s) in dB (repeatable).")(f)
-    f = click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES), default=None, help="Evaluation protocol (default: mimii for MIMII data, else dcase).")(f)
+    f = click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES), default=None,
+                     help="Evaluation protocol (default: mimii for MIMII data with anomalies, dcase for a DCASE layout "
+                          "with train/ and test/, else normal-only: normal clips held out, no anomalies needed).")(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
     return f
-
-
-def _default_protocol(root: Path, layout: str) -> str:
-    from trainer.datasets import detect_layout
-
-    found = detect_layout(root) if layout == "auto" else layout
-    return "mimii" if found == "mimii" else ("supervised-8020" if found == "folder" else "dcase")
 
 
 @click.command("fit")
 @click.argument("data_root", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_common
-@click.option("--model", type=click.Choice(["dense-ae", "conv-ae", "lstm-ae", "cnn-lstm"]), default="conv-ae", show_default=True)
+@click.option("--recipe", default=DEFAULT_RECIPE, show_default=True,
+              help="Named training settings (asd-train recipes), or 'auto': train every candidate recipe and keep the one "
+                   "that best separates held-out normal clips from synthetic faults made from them. The flags below override it.")
+@click.option("--model", type=click.Choice(["dense-ae", "conv-ae", "lstm-ae", "cnn-lstm"]), default=None, help="Override the recipe's model.")
 @click.option("--objective", type=click.Choice(["id", "supervised"]), default=None, help="cnn-lstm only (default id).")
-@click.option("--features", "feature_kind", type=click.Choice(["logmel", "ims"]), default="logmel", show_default=True)
-@click.option("--n-mels", type=int, default=64, show_default=True)
-@click.option("--n-fft", type=int, default=1024, show_default=True, help="FFT length, samples.")
-@click.option("--hop-length", type=int, default=512, show_default=True,
-              help="Samples between frames. Short frames (--n-fft 128 --hop-length 64) resolve the clicks of a "
-                   "damaged gear or wheel: on ToyCar they score far above the DCASE 1024/512 (benchmarks/toycar.py).")
-@click.option("--epochs", type=int, default=20, show_default=True)
-@click.option("--normalization", type=click.Choice(["per-feature", "global"]), default="per-feature", show_default=True,
-              help="Standardise each band, or centre each band and use one common scale (the DCASE baseline's raw dB; "
-                   "better on ToyCar, see benchmarks/toycar.py).")
+@click.option("--features", "feature_kind", type=click.Choice(["logmel", "ims"]), default=None, help="Override the recipe's features.")
+@click.option("--n-mels", type=int, default=None, help="Override the recipe's mel bands.")
+@click.option("--n-fft", type=int, default=None, help="Override the recipe's FFT length, samples.")
+@click.option("--hop-length", type=int, default=None, help="Override the recipe's samples between frames.")
+@click.option("--epochs", type=int, default=None, help="Override the recipe's maximum epochs.")
+@click.option("--normalization", type=click.Choice(["per-feature", "global"]), default=None,
+              help="Override the recipe's normalisation: standardise each band, or centre each band and use one common scale.")
 @click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Target false alarms per day of the exported threshold (fitted on the validation normal clips, as edge-asd calibrate does).")
 @click.option("--evaluate/--no-evaluate", "run_evaluation", default=True, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Feature cache (default ~/.cache/edge-asd/features).")
+@click.option("--candidates", "candidate_list", default=",".join(AUTO_CANDIDATES), show_default=True,
+              help="--recipe auto: the recipes to train and rank (comma-separated).")
+@click.option("--candidates-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="--recipe auto: keep every candidate's bundle here (default: discarded).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle directory to write.")
-def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, model, objective, feature_kind, n_mels, n_fft, hop_length, epochs,
-        normalization, false_alarms_per_day, run_evaluation, cache_dir, out) -> None:
-    """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it."""
+def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, recipe, model, objective, feature_kind, n_mels, n_fft, hop_length,
+        epochs, normalization, false_alarms_per_day, run_evaluation, cache_dir, candidate_list, candidates_dir, out) -> None:
+    """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it.
+
+    A folder holding only normal/ trains as it is (the normal-only protocol); with an abnormal/
+    folder beside it the report also gives AUC and pAUC.
+    """
     quiet_tensorflow_logs()
-    features = cli_features(feature_kind, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)  # before any data is read
-    protocol = protocol or _default_protocol(data_root, layout)
+    overrides = {"model": model, "features": feature_kind, "n_mels": n_mels, "n_fft": n_fft, "hop_length": hop_length,
+                 "epochs": epochs, "normalization": normalization}
+    if recipe != AUTO:
+        get_recipe(recipe).with_overrides(**overrides)  # a bad recipe or frame setting fails before any data is read
+    candidates = tuple(name.strip() for name in candidate_list.split(",") if name.strip())
+    if recipe == AUTO:
+        if len(candidates) < 2:
+            raise click.BadParameter("give at least two recipes to choose from", param_hint="--candidates")
+        for name in candidates:
+            get_recipe(name).with_overrides(**overrides)
     res = fit_bundle(
-        data_root, out, layout=layout, machine=machine, ids=ids, snr=snr, model=model, objective=objective,
-        features=features, protocol=protocol, epochs=epochs, seed=seed,
-        normalization=normalization, run_evaluation=run_evaluation, false_alarms_per_day=false_alarms_per_day, cache_dir=cache_dir,
+        data_root, out, layout=layout, machine=machine, ids=ids, snr=snr, recipe=recipe, overrides=overrides,
+        objective=objective, protocol=protocol, seed=seed, run_evaluation=run_evaluation, false_alarms_per_day=false_alarms_per_day,
+        cache_dir=cache_dir, candidates=candidates, candidates_dir=candidates_dir,
     )
+    if res["selection"]:
+        from trainer.select import selection_markdown
+
+        click.echo(selection_markdown(res["selection"]))
     if res["evaluation"]:
         from trainer.evaluate import markdown_summary
 
         click.echo(markdown_summary(res["evaluation"]))
+
+
+@click.command("recipes")
+def recipes() -> None:
+    """List the training recipes: what each sets and where it was measured."""
+    for r in RECIPES.values():
+        tag = " (default)" if r.name == DEFAULT_RECIPE else ""
+        auto = "" if r.name in AUTO_CANDIDATES else "; not an --recipe auto candidate: needs several machine IDs / attributes"
+        click.echo(f"{r.name}{tag}: {r.summary}")
+        click.echo(f"  sets      {r.model}, {r.features} n_fft {r.n_fft} / hop_length {r.hop_length} / n_mels {r.n_mels} at "
+                   f"{r.sr} Hz, normalization {r.normalization}, window {r.n_frames or 'default'} frames every "
+                   f"{r.hop_frames or 'default'}, batch {r.batch_size}, up to {r.epochs} epochs{auto}")
+        click.echo(f"  measured  {r.measured or 'not measured'}")
+    click.echo(f"auto: trains {', '.join(AUTO_CANDIDATES)} and keeps the best on synthetic faults made from held-out normal clips")
 
 
 @click.command("evaluate")
@@ -190,8 +292,8 @@ def evaluate(bundle: Path, data_root: Path, layout, machine, ids, snr, protocol,
     from trainer.evaluate import evaluate_clips, markdown_summary
 
     b = read_bundle(bundle)
-    protocol = protocol or b.provenance.get("protocol") or _default_protocol(data_root, layout)
-    _, test, name = select_split(data_root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed)
+    protocol = protocol or b.provenance.get("protocol")
+    _, test, name, protocol = select_split(data_root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed)
     summary = evaluate_clips(bundle, test, out or bundle / "report", title=f"{b.model.kind} {name}", protocol=protocol, store_in_bundle=not no_store)
     click.echo(markdown_summary(summary))
-    click.echo(json.dumps({k: summary[k] for k in ("auc_int8", "auc_float", "auc_int8_minus_float")}))
+    click.echo(json.dumps({k: summary[k] for k in ("auc_int8", "auc_float", "auc_int8_minus_float") if k in summary}))
