@@ -4,8 +4,8 @@
 sample rate, 65 535 channels, a data chunk "4 GB long", a fmt chunk that is missing or twice
 there, NaN samples, mutated headers of the real recordings in ``../shared/data``, ...), scores each
 with ``python -m edge_asd score BUNDLE FILE`` in a fresh process, and prints a markdown table: kind,
-what was expected, the outcome (the one-line error, or the score), the child's peak RSS (MB, from
-``os.wait4``) and its wall time (s). The table is also written to ``results/fuzz_wav.md``.
+what was expected, the outcome (the one-line error, or the score), the child's peak RSS (MB, read
+with ``getrusage(RUSAGE_CHILDREN)`` by a fresh wrapper process) and its wall time (s). The table is also written to ``results/fuzz_wav.md``.
 
 The generator (:func:`make_cases`) is shared with ``tests/test_fuzz_wav.py``. It is seeded, so a
 kind's file is the same bytes on every run with the same seed; kinds built from the real recordings
@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import resource
-import signal
 import struct
 import subprocess
 import sys
@@ -337,44 +335,51 @@ def outcome_of(path: Path, stdout: str, stderr: str) -> Outcome:
     return Outcome("missing", f"{len(errors)} error and {len(scores)} score lines")
 
 
-def limit_memory(mb: int) -> Callable[[], None]:
-    """A ``preexec_fn`` capping the child's address space (``RLIMIT_AS``) at ``mb`` MiB."""
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (mb << 20, mb << 20))
-
-    return apply
+_WRAPPER = """
+import json, resource, subprocess, sys
+args = json.loads(sys.argv[1])
+def limit():
+    if args["mem_mb"]:
+        resource.setrlimit(resource.RLIMIT_AS, (args["mem_mb"] << 20, args["mem_mb"] << 20))
+try:
+    rc = subprocess.run(args["cmd"], preexec_fn=limit, timeout=args["timeout"], cwd=args["cwd"]).returncode
+except subprocess.TimeoutExpired:  # run() has killed and reaped the child
+    rc = None
+with open(args["report"], "w") as fh:
+    json.dump({"rc": rc, "maxrss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}, fh)
+"""
+# A child's ru_maxrss starts at its parent's RSS at fork (Linux keeps the high-water mark across
+# exec), so a child of a big process (pytest with TensorFlow loaded, or this benchmark after
+# training) would report the parent's size. A fresh, small wrapper interpreter starts the child and
+# reports RUSAGE_CHILDREN: the child's own peak (the wrapper's ~10 MB is the floor).
 
 
 def run_score(bundle: Path, files: list[Path], *, timeout_s: float, mem_limit_mb: int | None,
               env: dict[str, str] | None = None) -> tuple[int | None, str, str, float, float]:
-    """Run ``python -m edge_asd score BUNDLE FILES...``; return ``(returncode or None on timeout,
-    stdout, stderr, peak RSS MB, wall time s)``. The peak RSS is the child's own, read by ``wait4``."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    """Run ``python -m edge_asd score BUNDLE FILES...`` with its address space (``RLIMIT_AS``)
+    capped at ``mem_limit_mb`` MiB (``None``: no cap) and killed after ``timeout_s`` seconds.
+
+    Returns ``(exit code, or None on timeout; stdout; stderr; peak RSS of the scoring process in MB;
+    wall time in s)``.
+    """
+    import json
+
+    with tempfile.TemporaryDirectory(prefix="edge-asd-fuzz-run-") as tmp:
+        report = Path(tmp) / "report.json"
+        spec = {
+            "cmd": [sys.executable, "-m", "edge_asd", "score", str(bundle), *map(str, files)],
+            "mem_mb": mem_limit_mb or 0, "timeout": timeout_s, "cwd": str(REPO), "report": str(report),
+        }
+        out_path, err_path = Path(tmp) / "stdout", Path(tmp) / "stderr"
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "edge_asd", "score", str(bundle), *map(str, files)],
-            stdout=out, stderr=err, cwd=REPO, env=env,
-            preexec_fn=limit_memory(mem_limit_mb) if mem_limit_mb else None,
-        )
-        # Poll wait4 instead of Popen.wait so the rusage of exactly this child is returned.
-        deadline, rc = t0 + timeout_s, None
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                rc = os.waitstatus_to_exitcode(status)
-                break
-            if time.perf_counter() > deadline:
-                proc.kill()
-                _, _, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
-        proc.returncode = rc if rc is not None else -signal.SIGKILL  # Popen must not wait again
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            subprocess.run([sys.executable, "-c", _WRAPPER, json.dumps(spec)], stdout=out, stderr=err, env=env,
+                           timeout=timeout_s + 60, check=False)
         elapsed = time.perf_counter() - t0
-        out.seek(0)
-        err.seek(0)
+        result = json.loads(report.read_text())
         # ru_maxrss is in KiB on Linux.
-        return rc, out.read().decode(errors="replace"), err.read().decode(errors="replace"), usage.ru_maxrss / 1024, elapsed
+        return (result["rc"], out_path.read_text(errors="replace"), err_path.read_text(errors="replace"),
+                result["maxrss_kb"] / 1024, elapsed)
 
 
 def classify(case: FuzzCase, rc: int | None, stdout: str, stderr: str) -> Outcome:
@@ -425,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (
         "# Hostile wav files against `edge-asd score`\n\n"
         f"`python -m benchmarks.fuzz_wav --seed {args.seed}`: one fresh `python -m edge_asd score BUNDLE FILE` per kind "
-        f"(RLIMIT_AS {args.mem_limit_mb} MiB, timeout {args.timeout:g} s); peak RSS of the child from `wait4` (MB), "
+        f"(RLIMIT_AS {args.mem_limit_mb} MiB, timeout {args.timeout:g} s); peak RSS of the child (MB, `getrusage(RUSAGE_CHILDREN)` in a fresh wrapper process), "
         f"wall time including the interpreter's start and the bundle's load (s). ⚠: a huge header value. "
         f"{len(cases)} kinds run, {bad} unexpected, {len(skipped)} skipped. Machine: {m['cpu']}, {m['nproc']} cores, "
         f"Python {m['python']}.\n\n"

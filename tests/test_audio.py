@@ -148,3 +148,47 @@ def test_wrong_channel_count_is_an_error(tmp_path):
     with pytest.raises(AudioFileError, match="2 channel.*8 are expected"):
         read_wav(tmp_path / "st.wav", channels=8)
 
+
+
+def _scipy_float32(path: Path) -> tuple[np.ndarray, int]:
+    """What the reader returned before it parsed headers itself: scipy's samples, scaled as now."""
+    from edge_asd.audio.wav import pcm_to_float32
+
+    sr, data = scipy.io.wavfile.read(path)
+    # scipy keeps RIFX samples big-endian, which the old reader then refused; compare values.
+    data = data.astype(data.dtype.newbyteorder("="))
+    return pcm_to_float32(data if data.ndim == 2 else data[:, None]), sr
+
+
+def test_real_files_decode_bit_for_bit_as_scipy_decoded_them(mimii_samples, dcase2023_toycar):
+    files = sorted(mimii_samples.rglob("*.wav")) + sorted(dcase2023_toycar.rglob("*.wav"))[:20]
+    for path in files:
+        want, want_sr = _scipy_float32(path)
+        got, sr = read_wav(path)
+        assert sr == want_sr and got.dtype == np.float32 and np.array_equal(got, want), path
+
+
+@pytest.mark.parametrize("endian", ["<", ">"])
+@pytest.mark.parametrize(("bits", "kind"), [(8, "u"), (16, "i"), (24, "i"), (32, "i"), (32, "f"), (64, "f")])
+def test_every_format_decodes_bit_for_bit_as_scipy_decoded_it(tmp_path, endian, bits, kind):
+    # scipy reads RIFF and RIFX (big-endian) files of every width; our parser must agree exactly.
+    rng = np.random.default_rng(bits)
+    n, channels = 300, 3
+    if kind == "f":
+        payload = rng.uniform(-1, 1, (n, channels)).astype(f"{endian}f{bits // 8}").tobytes()
+    elif bits == 8:
+        payload = rng.integers(0, 256, (n, channels), dtype=np.uint8).tobytes()
+    elif bits == 24:
+        wide = rng.integers(-(2**23), 2**23, (n * channels,)).astype(">i4" if endian == ">" else "<i4").view(np.uint8)
+        payload = (wide.reshape(-1, 4)[:, 1:] if endian == ">" else wide.reshape(-1, 4)[:, :3]).tobytes()
+    else:
+        payload = rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), (n, channels)).astype(f"{endian}i{bits // 8}").tobytes()
+    tag = 3 if kind == "f" else 1
+    block = channels * bits // 8
+    fmt = struct.pack(f"{endian}HHIIHH", tag, channels, 16000, 16000 * block, block, bits)
+    body = b"WAVE" + b"fmt " + struct.pack(f"{endian}I", 16) + fmt + b"data" + struct.pack(f"{endian}I", len(payload)) + payload
+    path = tmp_path / "x.wav"
+    path.write_bytes((b"RIFX" if endian == ">" else b"RIFF") + struct.pack(f"{endian}I", len(body)) + body)
+    want, _ = _scipy_float32(path)
+    got, sr = read_wav(path)
+    assert sr == 16000 and got.shape == (n, channels) and np.array_equal(got, want)

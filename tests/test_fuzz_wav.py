@@ -174,6 +174,26 @@ def test_the_clip_length_limit_names_file_length_limit_and_the_way_to_raise_it(f
         wav_header(short)
 
 
+def test_the_clip_length_limit_holds_for_training_and_folder_sources(fuzz, tmp_path, monkeypatch):
+    # `asd-train fit` reads through trainer.features_cache.clip_features, `run`, `calibrate` and
+    # `enroll` through the sources: all end in wav_header, so one limit (and one override) holds.
+    from edge_asd.audio.sources import FolderSource
+    from edge_asd.frontend import FeatureConfig
+    from trainer.features_cache import clip_features
+
+    monkeypatch.delenv(MAX_CLIP_SECONDS_ENV, raising=False)
+    long = _case(fuzz, "longer_than_limit").path
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "long.wav").write_bytes(long.read_bytes())
+    with pytest.raises(AudioFileError, match=f"{long}: is 601.0 s long.*{MAX_CLIP_SECONDS_ENV}=601"):
+        clip_features(long, FeatureConfig(sr=8000, n_fft=256, hop_length=128, n_mels=16))
+    with pytest.raises(AudioFileError, match=f"long.wav: is 601.0 s long"):
+        FolderSource(folder)
+    monkeypatch.setenv(MAX_CLIP_SECONDS_ENV, "601")
+    assert FolderSource(folder).sr == 8000
+
+
 def test_resampling_only_between_plausible_rates(fuzz):
     x = np.zeros((100, 1), np.float32)
     for orig, target in ((4000, 16000), (16000, 1000), (16000, 384_000), (1, 16000)):
