@@ -29,4 +29,19 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     with sqlite3.connect(out / "events.sqlite") as db:
         stored = [kind for (kind,) in db.execute("SELECT kind FROM events ORDER BY seq")]
     assert printed == stored
-    assert all(kind in ("onset", "back_to_normal") for kind in stored)
+    # The stream is normal, anomalous, then normal clips (named NNN_<label>.wav, played in name
+    # order): the alarm must rise during the anomalous stretch and fall back after it.
+    from edge_asd.audio import read_wav
+
+    clips = sorted((out / "stream").glob("*.wav"))
+    labels = [c.stem.split("_", 1)[1] for c in clips]
+    durations = [read_wav(c)[0].shape[0] / read_wav(c)[1] for c in clips]
+    first = labels.index("anomaly")
+    last = len(labels) - 1 - labels[::-1].index("anomaly")
+    assert "normal" in labels[:first] and "normal" in labels[last:]
+    anomaly_start, anomaly_end = sum(durations[:first]), sum(durations[: last + 1])
+    times = [float(line.split()[3]) for line in run.stdout.splitlines() if line.strip().startswith("event ")]
+    assert stored and stored[0] == "onset" and stored[-1] == "back_to_normal", stored
+    assert stored == ["onset", "back_to_normal"] * (len(stored) // 2)  # alternating, never two onsets
+    assert anomaly_start <= times[0] <= anomaly_end, (times, anomaly_start, anomaly_end)
+    assert times[-1] > anomaly_end, (times, anomaly_end)
