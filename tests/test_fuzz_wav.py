@@ -258,3 +258,11 @@ def test_score_of_a_huge_header_value_alone_under_the_memory_limit(fuzz, tiny_bu
     outcome = classify(case, rc, out, err)
     assert outcome.status == "error", f"{kind}: {outcome.status} ({outcome.detail}) after {secs:.1f} s, {rss_mb:.0f} MB"
     assert rc == 1 and "Traceback" not in err
+
+
+def test_a_pipe_named_like_a_wav_file_is_refused_without_blocking(tmp_path):
+    # Opening a FIFO for reading blocks until a writer appears: the reader must not even open it.
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(AudioFileError, match="not a regular file"):
+        read_wav(fifo)
