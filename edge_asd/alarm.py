@@ -7,6 +7,11 @@ periods among the last ``onset_n`` (debounce); a separate back-to-normal event f
 never go backwards. The *level* (is the current period anomalous?) is reported apart from the
 *event* (did the alarm state change?).
 
+Anomaly decisions can be paused (:meth:`AlarmLogic.hold`, e.g. during a sensor fault or while the
+machine is idle): every period overlapping a hold is closed undecided, counts for nothing, and the
+k-of-n look-back restarts when the hold is released. A window can also be marked invalid (its audio
+had a sensor problem or an idle level): it moves the period grid on but stays out of the mean.
+
 The clock is whatever the caller passes: the service uses stream time (seconds of audio since the
 start), which is monotonic by construction and makes file replay deterministic; callers without a
 time of their own get :func:`time.monotonic` through the injected ``clock``.
@@ -22,8 +27,8 @@ from typing import Callable, Literal
 
 from edge_asd.errors import ParameterError
 
-__all__ = ["AlarmConfig", "PeriodResult", "PeriodAverager", "AlarmLogic", "EVENT_ONSET", "EVENT_RECOVERY",
-           "MIN_PARTIAL_PERIOD"]
+__all__ = ["AlarmConfig", "PeriodResult", "PeriodAverager", "AlarmLogic", "ExcludedStretches", "EVENT_ONSET",
+           "EVENT_RECOVERY", "MIN_PARTIAL_PERIOD"]
 
 EVENT_ONSET = "onset"
 EVENT_RECOVERY = "back_to_normal"
@@ -71,8 +76,9 @@ class PeriodResult:
     end_s: float
     """Time of the last window in the period, seconds."""
     score: float
-    """Mean of the period's window scores."""
+    """Mean of the period's valid window scores (NaN when none was valid)."""
     n_windows: int
+    """Valid windows in the mean."""
     anomalous: bool
     """Level: ``score > threshold``."""
     alarm: bool
@@ -82,8 +88,14 @@ class PeriodResult:
     anomalous_in_window: int = 0
     """Anomalous periods among the last ``onset_n`` (for the event record)."""
     decided: bool = True
-    """``False`` for a final partial period too short to decide on (see :meth:`AlarmLogic.flush`):
-    it changed neither the look-back nor the alarm state, and ``anomalous`` is only its level."""
+    """``False`` for a final partial period too short to decide on (see :meth:`AlarmLogic.flush`),
+    a period overlapping a hold, or one without a valid window: it changed neither the look-back
+    nor the alarm state, and ``anomalous`` is only its level."""
+    reason: str = ""
+    """Why the period was not decided (``"partial period"``, the holds' names, ``"no valid
+    windows"``); empty when decided."""
+    n_invalid: int = 0
+    """Windows left out of the mean (marked invalid)."""
 
 
 class PeriodAverager:
@@ -105,9 +117,15 @@ class PeriodAverager:
         self._last_t: float | None = None
         self._sum = 0.0
         self._count = 0
+        self._invalid = 0
+        self.last_invalid = 0
+        """Invalid windows of the period the last :meth:`add` or :meth:`flush` closed."""
 
-    def add(self, score: float, t_s: float) -> tuple[float, float, float, int] | None:
+    def add(self, score: float, t_s: float, *, valid: bool = True) -> tuple[float, float, float, int] | None:
         """Add a window score at time ``t_s``; return ``(start_s, end_s, mean, n)`` of a period it closes.
+
+        An invalid window (``valid=False``) moves the grid like any other but stays out of the
+        mean; ``n`` counts valid windows and ``mean`` is NaN when there were none.
 
         Raises
         ------
@@ -128,16 +146,20 @@ class PeriodAverager:
             # below period_s where start + period_s did not (start 10.028, t 20.028), and a period
             # that did not move on would close again, with one window, at the next score.
             self._start += max(1, math.floor((t_s - self._start) / self.period_s)) * self.period_s
-        self._sum += score
-        self._count += 1
+        if valid:
+            self._sum += score
+            self._count += 1
+        else:
+            self._invalid += 1
         self._last_t = t_s
         return closed
 
     def _close(self) -> tuple[float, float, float, int] | None:
-        if self._count == 0 or self._start is None or self._last_t is None:
+        if self._count + self._invalid == 0 or self._start is None or self._last_t is None:
             return None
-        out = (self._start, self._last_t, self._sum / self._count, self._count)
-        self._sum, self._count = 0.0, 0
+        out = (self._start, self._last_t, self._sum / self._count if self._count else math.nan, self._count)
+        self.last_invalid = self._invalid
+        self._sum, self._count, self._invalid = 0.0, 0, 0
         return out
 
     def flush(self) -> tuple[float, float, float, int] | None:
@@ -184,12 +206,36 @@ class AlarmLogic:
         self.alarm = False
         self._last_onset_s: float | None = None
         self.n_periods = 0
+        self._holds: set[str] = set()
+        self._tainted: set[str] = set()  # holds that overlapped the current period
 
-    def update(self, score: float, t_s: float | None = None) -> PeriodResult | None:
-        """Add one window score at time ``t_s`` (default: the clock); return the period it closes."""
+    def update(self, score: float, t_s: float | None = None, *, valid: bool = True) -> PeriodResult | None:
+        """Add one window score at time ``t_s`` (default: the clock); return the period it closes.
+        An invalid window (``valid=False``) stays out of the period's mean."""
         t = self._clock() if t_s is None else float(t_s)
-        closed = self._averager.add(float(score), t)
+        closed = self._averager.add(float(score), t, valid=valid)
         return None if closed is None else self._decide(*closed)
+
+    @property
+    def held(self) -> bool:
+        """``True`` while a hold is in force."""
+        return bool(self._holds)
+
+    def hold(self, name: str) -> None:
+        """Pause decisions for ``name`` (e.g. ``"sensor_fault"``): the current period and every
+        period until :meth:`release` close undecided. The alarm state is kept."""
+        self._holds.add(name)
+        self._tainted.add(name)
+
+    def release(self, name: str) -> None:
+        """End the hold ``name``. The current period overlapped it and stays undecided; the k-of-n
+        look-back and the normal run restart, so nothing from before the hold counts after it."""
+        if name not in self._holds:
+            return
+        self._holds.discard(name)
+        self._tainted.add(name)
+        self._recent.clear()
+        self._normal_run = 0
 
     def flush(self) -> PeriodResult | None:
         """Close the current partial period (end of input or shutdown) and decide on it.
@@ -203,9 +249,14 @@ class AlarmLogic:
             return None
         start_s, end_s, mean, n = closed
         if end_s - start_s < MIN_PARTIAL_PERIOD * self.config.period_s:
-            return PeriodResult(start_s=start_s, end_s=end_s, score=mean, n_windows=n, anomalous=mean > self.threshold,
-                                alarm=self.alarm, anomalous_in_window=sum(self._recent), decided=False)
+            return self._undecided(start_s, end_s, mean, n, "partial period")
         return self._decide(*closed)
+
+    def _undecided(self, start_s: float, end_s: float, mean: float, n: int, reason: str) -> PeriodResult:
+        self._tainted = set(self._holds)
+        return PeriodResult(start_s=start_s, end_s=end_s, score=mean, n_windows=n, anomalous=bool(mean > self.threshold),
+                            alarm=self.alarm, anomalous_in_window=sum(self._recent), decided=False, reason=reason,
+                            n_invalid=self._averager.last_invalid)
 
     def resume_alarm(self) -> None:
         """Start in the alarm state (an onset of an earlier run is still open).
@@ -218,6 +269,10 @@ class AlarmLogic:
         self._normal_run = 0
 
     def _decide(self, start_s: float, end_s: float, mean: float, n: int) -> PeriodResult:
+        if self._tainted:
+            return self._undecided(start_s, end_s, mean, n, ", ".join(sorted(self._tainted)))
+        if n == 0:
+            return self._undecided(start_s, end_s, mean, n, "no valid windows")
         cfg = self.config
         anomalous = mean > self.threshold
         self.n_periods += 1
@@ -243,4 +298,36 @@ class AlarmLogic:
             alarm=self.alarm,
             event=event,
             anomalous_in_window=n_anomalous,
+            n_invalid=self._averager.last_invalid,
         )
+
+
+class ExcludedStretches:
+    """Stretches of stream time whose audio must not be scored (a sensor problem, an idle level),
+    and whether a window overlaps one. Stretches are kept for ``memory_s`` seconds, longer than
+    any window reaches back.
+
+    Parameters
+    ----------
+    memory_s
+        How far back a window can reach, seconds.
+    """
+
+    def __init__(self, memory_s: float) -> None:
+        if not (math.isfinite(memory_s) and memory_s > 0):
+            raise ParameterError(f"memory_s must be > 0 seconds, got {memory_s!r}")
+        self.memory_s = float(memory_s)
+        self._stretches: collections.deque[list[float]] = collections.deque()
+
+    def add(self, start_s: float, end_s: float) -> None:
+        """Exclude ``[start_s, end_s)`` (seconds); adjoining stretches merge."""
+        if self._stretches and start_s <= self._stretches[-1][1] + 1e-9:
+            self._stretches[-1][1] = max(self._stretches[-1][1], end_s)
+        else:
+            self._stretches.append([start_s, end_s])
+        while self._stretches and self._stretches[0][1] < end_s - self.memory_s:
+            self._stretches.popleft()
+
+    def overlaps(self, start_s: float, end_s: float) -> bool:
+        """Whether ``[start_s, end_s]`` overlaps an excluded stretch."""
+        return any(s < end_s and start_s < e for s, e in self._stretches)

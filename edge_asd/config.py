@@ -5,7 +5,8 @@ in the file are relative to the file's directory. CLI flags override values with
 :func:`dataclasses.replace` after loading, never by editing the file.
 
 Sections: ``[device]``, ``[input]``, ``[alarm]`` (see :class:`edge_asd.alarm.AlarmConfig`),
-``[store]``, ``[mqtt]`` and ``[service]``. See ``firmware_config/*.toml`` for complete examples.
+``[signal]`` (:class:`edge_asd.signal_quality.SignalQualityConfig`), ``[machine]``
+(:class:`edge_asd.machine_state.MachineStateConfig`), ``[store]``, ``[mqtt]`` and ``[service]``. See ``firmware_config/*.toml`` for complete examples.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any, Literal, Mapping
 
 from edge_asd.alarm import AlarmConfig
 from edge_asd.errors import ConfigError, ParameterError
+from edge_asd.machine_state import MachineStateConfig
+from edge_asd.signal_quality import SignalQualityConfig
 
 __all__ = [
     "DeviceConfig",
@@ -189,6 +192,8 @@ class Config:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     input: InputConfig = field(default_factory=InputConfig)
     alarm: AlarmConfig = field(default_factory=AlarmConfig)
+    signal: SignalQualityConfig = field(default_factory=SignalQualityConfig)
+    machine: MachineStateConfig = field(default_factory=MachineStateConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     service: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -200,6 +205,8 @@ _SECTIONS: dict[str, type] = {
     "device": DeviceConfig,
     "input": InputConfig,
     "alarm": AlarmConfig,
+    "signal": SignalQualityConfig,
+    "machine": MachineStateConfig,
     "store": StoreConfig,
     "mqtt": MqttConfig,
     "service": RuntimeConfig,

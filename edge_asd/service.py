@@ -18,6 +18,14 @@ dependency); the watchdog is pinged only while audio arrives, so a stuck capture
 restarted. An unexpected capture error (not an :class:`~edge_asd.errors.EdgeASDError`) is logged
 with its traceback and ends the service with exit code 1, so ``Restart=on-failure`` applies.
 
+Between the raw blocks and the alarm logic sit two monitors with their own events:
+:class:`~edge_asd.signal_quality.SignalQualityMonitor` on every block (``sensor_fault`` /
+``sensor_ok``: silence, clipping, DC offset, dropouts, a dead or decorrelated array channel) and
+:class:`~edge_asd.machine_state.MachineStateMonitor` on the block's feature frames
+(``machine_idle`` / ``machine_running``). While either state holds, anomaly decisions pause
+(:meth:`~edge_asd.alarm.AlarmLogic.hold`); windows over a faulty or idle-level block stay out of
+every period's mean.
+
 An onset still open in the event store when the service starts (it was stopped during an alarm)
 is resumed: the service starts in the alarm state, and the next event is that onset's
 back-to-normal (its ``details.onset_id`` names the onset), never a second onset.
@@ -39,11 +47,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_asd.alarm import AlarmLogic, PeriodResult
+from edge_asd.alarm import AlarmLogic, ExcludedStretches, PeriodResult
 from edge_asd.errors import EdgeASDError
 from edge_asd.frontend import StreamingFrontend
 
-__all__ = ["Notifier", "StreamingScorer", "ServiceStats", "Service", "check_threshold_setting", "run_service"]
+__all__ = ["Notifier", "StreamingScorer", "ServiceStats", "Service", "build_monitors", "check_threshold_setting", "run_service"]
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +131,16 @@ class StreamingScorer:
         self._n = detector.bundle.window.n_frames
         self._hop = detector.bundle.window.hop_frames
         self._seconds_per_frame = detector.config.hop_length / detector.config.sr
+        half_fft_s = detector.config.n_fft / 2 / detector.config.sr
+        self.window_reach_s = ((self._n - 1) * self._seconds_per_frame + half_fft_s, half_fft_s)
+        """How far a window's audio reaches before and after its time (its last frame's centre), seconds."""
+        self.last_frames = np.empty((0, detector.config.n_features), dtype=np.float32)
         self.reset()
+
+    @property
+    def time_s(self) -> float:
+        """Stream time so far (gaps included), seconds."""
+        return self._clock / self.detector.config.sr
 
     def reset(self) -> None:
         """Start a new stream (time 0)."""
@@ -145,7 +162,9 @@ class StreamingScorer:
         (gaps included, see :meth:`skip`).
         """
         self._clock += block.shape[0]
-        return self._add_frames(self.frontend.push(block))
+        # Kept for the machine-state monitor, which gates on the raw (un-normalised) frame level.
+        self.last_frames = self.frontend.push(block)
+        return self._add_frames(self.last_frames)
 
     def skip(self, n_samples: int) -> None:
         """A gap of ``n_samples`` lost samples: time moves on by it, and the audio after it starts
@@ -243,6 +262,8 @@ class Service:
         """Set by :func:`run_service` for a threshold never set on site; shown in the READY status."""
         self.scorer = StreamingScorer(detector, n_channels=source.n_channels)
         self.alarm = AlarmLogic(config.alarm, threshold=detector.threshold_)
+        self.quality, self.machine = build_monitors(config, detector, n_channels=source.n_channels)
+        self._excluded = ExcludedStretches(memory_s=sum(self.scorer.window_reach_s) + 10 * config.input.block_s)
         self._queue: queue.Queue = queue.Queue(maxsize=config.input.queue_blocks)
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
@@ -307,14 +328,17 @@ class Service:
         if result.decided:
             log.debug("period %.1f-%.1f s: score %.4g (%s)", result.start_s, result.end_s, result.score,
                       "anomalous" if result.anomalous else "normal")
+        elif result.reason != "partial period":
+            log.debug("period %.1f-%.1f s not decided: %s", result.start_s, result.end_s, result.reason)
         else:
             log.info("final partial period %.1f-%.1f s (score %.4g) is shorter than half a period: not decided",
                      result.start_s, result.end_s, result.score)
         if self.config.service.log_periods:
             self.stdout.write_line(json.dumps({
                 "type": "period", "device": self.config.device.id, "start_s": round(result.start_s, 3),
-                "end_s": round(result.end_s, 3), "score": result.score, "n_windows": result.n_windows,
-                "anomalous": result.anomalous, "alarm": result.alarm, "decided": result.decided,
+                "end_s": round(result.end_s, 3), "score": result.score if math.isfinite(result.score) else None,
+                "n_windows": result.n_windows, "anomalous": result.anomalous, "alarm": result.alarm, "decided": result.decided,
+                **({"reason": result.reason, "n_invalid": result.n_invalid} if not result.decided else {}),
             }, sort_keys=True, separators=(",", ":")))
         if result.event is None:
             return
@@ -344,10 +368,26 @@ class Service:
         for sink in self.sinks:
             sink.emit(event)
 
+    def _handle_state(self, change: Any) -> None:
+        """A sensor or machine state change: its event, then hold or release anomaly decisions."""
+        from edge_asd.sinks import Event
+
+        event = Event.create(device=self.config.device.id, kind=change.kind, stream_time_s=round(change.time_s, 3),
+                             score=change.value, threshold=change.limit, details=dict(change.details))
+        self.stats.events += 1
+        log.info("event %s: %s (%s; %.4g against %.4g)", event.id, event.kind, change.reason, change.value, change.limit)
+        for sink in self.sinks:
+            sink.emit(event)
+        if change.active:
+            self.alarm.hold(change.state)
+        else:
+            self.alarm.release(change.state)
+
     def _process(self, windows: list[tuple[float, float]]) -> None:
         self.stats.windows += len(windows)
+        before, after = self.scorer.window_reach_s
         for t, score in windows:
-            result = self.alarm.update(score, t)
+            result = self.alarm.update(score, t, valid=not self._excluded.overlaps(t - before, t + after))
             if result is not None:
                 self._handle_period(result)
 
@@ -456,7 +496,19 @@ class Service:
             self.stats.gap_samples += gap
             self.scorer.skip(gap)
         t0 = time.perf_counter()
-        self._process(self.scorer.push(block))
+        start_s = self.scorer.time_s
+        check, sensor = self.quality.update(block, start_s=start_s) if self.quality else (None, None)
+        windows = self.scorer.push(block)
+        below, machine = False, None
+        # A faulty sensor says nothing about the machine: its state is judged on good audio only.
+        if self.machine is not None and not (self.quality and self.quality.faulted):
+            below, machine = self.machine.update(self.scorer.last_frames, start_s=start_s, end_s=self.scorer.time_s)
+        for change in (sensor, machine):
+            if change is not None:
+                self._handle_state(change)
+        if below or (check is not None and check.bad):
+            self._excluded.add(start_s, self.scorer.time_s)
+        self._process(windows)
         self.stats.processing_s += time.perf_counter() - t0
         self.stats.blocks += 1
         self.stats.samples += block.shape[0]
@@ -475,6 +527,28 @@ class Service:
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def build_monitors(config: Any, detector: Any, *, n_channels: int) -> tuple[Any, Any]:
+    """The sensor and machine-state monitors of ``config`` (``None`` where disabled), with the
+    thresholds left unset in the TOML learned from the bundle's site enrollment (logged)."""
+    from edge_asd.machine_state import MachineStateMonitor, resolve_gate
+    from edge_asd.signal_quality import SignalQualityMonitor, learn_signal_config
+
+    bundle = detector.bundle
+    site = bundle.enrollment.site if bundle.enrollment is not None else None
+    quality = machine = None
+    if config.signal.enabled:
+        signal, notes = learn_signal_config(config.signal, site.audio if site is not None else None)
+        quality = SignalQualityMonitor(signal, n_channels=n_channels, sr=detector.config.sr)
+        log.info("sensor checks: silence below %.1f dBFS%s", signal.silence_floor_dbfs,
+                 "".join(f"; learned at enroll: {n}" for n in notes))
+    if config.machine.enabled:
+        gate = resolve_gate(config.machine, bundle)
+        machine = MachineStateMonitor(config.machine, gate)
+        log.info("machine state: idle below %.1f dB, running above %.1f dB (%s)%s", gate.idle_below_db,
+                 gate.running_above_db, gate.source, "; stopping is an alarm" if config.machine.stop_is_alarm else "")
+    return quality, machine
 
 
 def check_threshold_setting(bundle: Any, config: Any, *, n_channels: int) -> str:

@@ -470,9 +470,9 @@ def test_dropped_blocks_and_device_overruns_advance_stream_time_and_split_the_au
     seen = []
     original_update = service.alarm.update
 
-    def spy(score, t_s=None):
+    def spy(score, t_s=None, **kwargs):
         seen.append((t_s, score))
-        return original_update(score, t_s)
+        return original_update(score, t_s, **kwargs)
 
     service.alarm.update = spy
     assert service.run() == 0
