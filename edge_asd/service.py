@@ -18,6 +18,11 @@ dependency); the watchdog is pinged only while audio arrives, so a stuck capture
 restarted. An unexpected capture error (not an :class:`~edge_asd.errors.EdgeASDError`) is logged
 with its traceback and ends the service with exit code 1, so ``Restart=on-failure`` applies.
 
+A microphone that fails (unplugged, driver reset) is reopened by the source with back-off; the
+service raises a ``sensor_lost`` event when it fails and a ``sensor_back`` event when audio flows
+again, and stream time moves on by the outage (wall time), so periods after it stay on the clock
+of the room. Device overruns are counted in the stats (``overflows``).
+
 Between the raw blocks and the alarm logic sit two monitors with their own events:
 :class:`~edge_asd.signal_quality.SignalQualityMonitor` on every block (``sensor_fault`` /
 ``sensor_ok``: silence, clipping, DC offset, dropouts, a dead or decorrelated array channel) and
@@ -64,6 +69,15 @@ AUDIO_STALL_BLOCKS = 4
 """The watchdog is pinged only while a block arrived within the last ``max(watchdog interval,
 AUDIO_STALL_BLOCKS x block length)``: jitter of a few blocks is not a stall."""
 END_OF_STREAM = None
+
+
+@dataclass(frozen=True)
+class _SourceStatus:
+    """A capture-device state change, queued in order with the audio blocks."""
+
+    kind: str
+    """``"sensor_lost"`` or ``"sensor_back"``."""
+    details: dict
 
 
 class Notifier:
@@ -211,6 +225,12 @@ class ServiceStats:
     gaps: int = 0
     """Gaps in the audio (drops and device overruns) that advanced stream time."""
     gap_samples: int = 0
+    overflows: int = 0
+    """Blocks the capture device lost to overruns (PortAudio ``paInputOverflowed``)."""
+    sensor_losses: int = 0
+    """Times the capture device failed and had to be reopened."""
+    outage_s: float = 0.0
+    """Wall time without a capture device, seconds (summed over the losses)."""
     windows: int = 0
     periods: int = 0
     events: int = 0
@@ -268,6 +288,7 @@ class Service:
         self._stop = threading.Event()
         self._stop_requested_at: float | None = None
         self._capture_error: BaseException | None = None
+        self._sensor_lost = False
         self._thread = threading.Thread(target=self._capture, name="capture", daemon=True)
 
     # -- capture thread ---------------------------------------------------------------------------
@@ -280,6 +301,18 @@ class Service:
         # not reported, so the gap is a lower bound.
         block_size = getattr(self.source, "block_size", self.config.input.block_size)
         gap = 0
+        sr = getattr(self.source, "sr", self.config.input.sample_rate_hz)
+
+        def on_status(kind: str, details: dict) -> None:
+            # Called by the source from this thread, between blocks.
+            nonlocal gap
+            if kind == "sensor_back":
+                # The room went on while the device was away: move stream time over the outage.
+                gap += round(float(details.get("outage_s", 0.0)) * sr)
+            self._put_blocking(_SourceStatus(kind, dict(details)))
+
+        if hasattr(self.source, "on_status"):
+            self.source.on_status = on_status
         try:
             for block in self.source.blocks():
                 if self._stop.is_set():
@@ -287,6 +320,7 @@ class Service:
                 now = getattr(self.source, "overflows", 0)
                 if now > overflows:
                     gap += (now - overflows) * block_size
+                    self.stats.overflows += now - overflows
                     overflows = now
                 if blocking:
                     while not self._stop.is_set():
@@ -313,6 +347,15 @@ class Service:
         finally:
             # Always wake the processing loop, even if the queue is full of audio.
             self._queue.put(END_OF_STREAM)
+
+    def _put_blocking(self, item: Any) -> None:
+        """Queue ``item`` waiting for room (state changes must not be dropped), unless stopping."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=QUEUE_POLL_S)
+                return
+            except queue.Full:
+                continue
 
     def request_stop(self, *_: Any) -> None:
         """Signal handler: stop capturing; the loop drains the queue and closes the period."""
@@ -368,6 +411,28 @@ class Service:
         for sink in self.sinks:
             sink.emit(event)
 
+    def _handle_status(self, status: _SourceStatus) -> None:
+        """Raise a ``sensor_lost`` / ``sensor_back`` event (decisions pause meanwhile: no audio)."""
+        from edge_asd.sinks import Event
+
+        self._sensor_lost = status.kind == "sensor_lost"
+        if status.kind == "sensor_lost":
+            self.stats.sensor_losses += 1
+        elif status.kind == "sensor_back":
+            self.stats.outage_s += float(status.details.get("outage_s", 0.0))
+        event = Event.create(
+            device=self.config.device.id,
+            kind=status.kind,
+            stream_time_s=round(self.scorer.time_s, 3),
+            score=None,
+            threshold=self.alarm.threshold,
+            details=status.details,
+        )
+        self.stats.events += 1
+        log.warning("event %s: %s (%s)", event.id, event.kind, ", ".join(f"{k}={v}" for k, v in status.details.items()))
+        for sink in self.sinks:
+            sink.emit(event)
+
     def _handle_state(self, change: Any) -> None:
         """A sensor or machine state change: its event, then hold or release anomaly decisions."""
         from edge_asd.sinks import Event
@@ -396,9 +461,9 @@ class Service:
         s = self.stats
         log.info(
             "audio %.1f s, %d windows, %d periods, %d events, dropped %d blocks (%.1f s), device overflows %d, "
-            "%d gaps (%.1f s), real-time factor %.4f", s.audio_s(sr), s.windows, s.periods, s.events, s.dropped_blocks,
-            s.dropped_samples / sr, getattr(self.source, "overflows", 0), s.gaps, s.gap_samples / sr,
-            s.real_time_factor(sr),
+            "%d gaps (%.1f s), sensor lost %d times (%.1f s), real-time factor %.4f", s.audio_s(sr), s.windows, s.periods,
+            s.events, s.dropped_blocks, s.dropped_samples / sr, s.overflows, s.gaps, s.gap_samples / sr,
+            s.sensor_losses, s.outage_s, s.real_time_factor(sr),
         )
 
     def _resume_open_alarm(self) -> None:
@@ -433,7 +498,9 @@ class Service:
         abandoned = False
         while True:
             # Ping only while audio flows: a capture stuck in a read must look unhealthy to systemd.
-            if time.monotonic() - last_audio <= stall_s:
+            # A device the source knows it lost (and is reopening) is not a stuck capture: a restart
+            # would not bring it back sooner, so keep pinging through the outage.
+            if time.monotonic() - last_audio <= stall_s or self._sensor_lost:
                 self.notifier.watchdog()
             elif not stalled:
                 stalled = True
@@ -450,6 +517,9 @@ class Service:
                 continue
             if item is END_OF_STREAM:
                 break
+            if isinstance(item, _SourceStatus):
+                self._handle_status(item)
+                continue
             self._process_block(*item)
             last_audio = time.monotonic()
             if stalled:
@@ -488,6 +558,9 @@ class Service:
                 return
             if item is END_OF_STREAM:
                 return
+            if isinstance(item, _SourceStatus):
+                self._handle_status(item)
+                continue
             self._process_block(*item)
 
     def _process_block(self, gap: int, block: np.ndarray) -> None:

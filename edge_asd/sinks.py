@@ -58,7 +58,7 @@ def _utc_iso(t: float) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class Event:
-    """An alarm event (``onset`` or ``back_to_normal``)."""
+    """An event: alarm (``onset``, ``back_to_normal``) or sensor (``sensor_lost``, ``sensor_back``)."""
 
     id: str
     device: str
@@ -67,8 +67,8 @@ class Event:
     """Wall-clock time the event was raised (ISO 8601, UTC)."""
     stream_time_s: float
     """Seconds of audio since the service started when the deciding period ended."""
-    score: float
-    """Score of the deciding period."""
+    score: float | None
+    """Score of the deciding period (``None`` for events no period decided, such as ``sensor_lost``)."""
     threshold: float
     details: Mapping[str, Any] = field(default_factory=dict)
 

@@ -3,7 +3,9 @@
 pyaudio (PortAudio) segfaults when a stream is opened on a device index that does not exist, so
 every index is checked against ``get_device_count()`` first. A device that disappears (USB
 unplugged, HAT driver reset) is reopened with exponential back-off; lost blocks (input overruns)
-are counted in ``overflows``.
+are counted in ``overflows``. Whoever sets :attr:`MicrophoneSource.on_status` hears of the loss
+(``"sensor_lost"``) and of the first block after it (``"sensor_back"``, with the outage's length),
+so the service can raise events and keep its stream clock on wall time across the outage.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -28,6 +31,8 @@ RECONNECT_FIRST_S = 0.5
 """First back-off after a device error, seconds; doubled up to ``reconnect_max_s``."""
 PA_INPUT_OVERFLOWED = -9981
 """PortAudio's ``paInputOverflowed`` error code (the device overran our reads)."""
+SENSOR_LOST = "sensor_lost"
+SENSOR_BACK = "sensor_back"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -186,6 +191,10 @@ class MicrophoneSource:
         self.reconnect_max_s = reconnect_max_s
         self.overflows = 0
         self.reconnects = 0
+        self.on_status: Callable[[str, dict[str, Any]], None] | None = None
+        """Called from the capture thread with ``("sensor_lost", details)`` when the device fails
+        (or cannot be opened) and ``("sensor_back", details)`` when it delivers again; ``details``
+        name the device and the error, and for ``sensor_back`` the outage in seconds."""
         self._stop = threading.Event()
         self._pyaudio = _import_pyaudio()
         pa = _open_pyaudio()
@@ -212,12 +221,23 @@ class MicrophoneSource:
             raise
         return pa, stream
 
+    def _status(self, kind: str, **details: Any) -> None:
+        if self.on_status is not None:
+            self.on_status(kind, {"device": str(self.device if self.device is not None else "default"), **details})
+
     def blocks(self) -> Iterator[np.ndarray]:
         backoff = RECONNECT_FIRST_S
+        lost_at: float | None = None  # monotonic time the device was lost, while it is
+        attempts = 0
         while not self._stop.is_set():
             try:
                 pa, stream = self._open()
             except (OSError, ValueError, AudioDeviceError) as exc:
+                if lost_at is None:
+                    # Gone between start-up (where it was checked) and this open.
+                    lost_at = time.monotonic()
+                    self._status(SENSOR_LOST, error=str(exc))
+                attempts += 1
                 log.error("cannot open audio device %r: %s; retrying in %.1f s", self.device, exc, backoff)
                 if self._stop.wait(backoff):
                     return
@@ -226,6 +246,11 @@ class MicrophoneSource:
                 continue
             log.info("capturing from device %d: %d ch at %d Hz", self.index, self.n_channels, self.sr)
             backoff = RECONNECT_FIRST_S
+            if lost_at is not None:
+                outage_s = time.monotonic() - lost_at
+                log.warning("audio device %r is back after %.1f s (%d reopen attempt(s))", self.device, outage_s, attempts)
+                self._status(SENSOR_BACK, index=self.index, outage_s=round(outage_s, 3), attempts=attempts)
+                lost_at, attempts = None, 0
             try:
                 while not self._stop.is_set():
                     try:
@@ -239,7 +264,9 @@ class MicrophoneSource:
                     data = np.frombuffer(raw, dtype=np.int16).reshape(-1, self.n_channels)
                     yield data.astype(np.float32) * np.float32(1.0 / INT16_FULL_SCALE)
             except OSError as exc:
-                log.error("audio device %d stopped delivering audio (%s); reconnecting", self.index, exc)
+                log.error("audio device %d (%r) stopped delivering audio (%s); reconnecting", self.index, self.device, exc)
+                lost_at = time.monotonic()
+                self._status(SENSOR_LOST, index=self.index, error=str(exc))
                 self.reconnects += 1
             finally:
                 with contextlib.suppress(OSError):

@@ -1,0 +1,322 @@
+"""The capture path for real: PortAudio through pyaudio reading an ALSA device the test declares
+(an ALSA ``file`` PCM fed through a FIFO, see ``tests/alsa_device.py``), in real ``edge-asd``
+processes: ``devices`` lists it, ``run`` gives the events and period scores the same audio gives
+from a wav file, ``calibrate`` and ``record`` read it, and a device that vanishes mid-run gives
+``sensor_lost`` / ``sensor_back`` events with nothing else lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.alsa_device import SYSTEM_ALSA_CONF, AlsaFifoDevice, wav_frames
+from tests.device_helpers import REPO, SR, copy_bundle, device_env, edge_asd, machine_clips, write_toml
+
+pytestmark = pytest.mark.skipif(
+    not SYSTEM_ALSA_CONF.is_file(),
+    reason=f"{SYSTEM_ALSA_CONF} is absent: libasound2 (installed with portaudio19-dev by scripts/setup) is missing",
+)
+
+CHANNELS = 2
+BLOCK_BYTES = 1600 * CHANNELS * 2  # one 0.1 s capture block
+
+
+def alsa_env(device: AlsaFifoDevice) -> dict[str, str]:
+    env = device_env()
+    env.update(device.env)
+    return env
+
+
+def mic_toml(tmp: Path, *, bundle: Path, db: Path, name: str = "mic.toml") -> Path:
+    """A microphone profile: the test device's channels and rate, 1 s periods, short back-off."""
+    return write_toml(tmp / name, f"""
+[device]
+id = "alsa-test"
+bundle = "{bundle}"
+
+[input]
+kind = "microphone"
+channels = {CHANNELS}
+sample_rate_hz = {SR}
+block_s = 0.1
+reconnect_max_s = 1.0
+
+[alarm]
+period_s = 1.0
+onset_k = 2
+onset_n = 3
+recovery_m = 2
+refractory_s = 0.0
+
+[store]
+path = "{db}"
+
+[service]
+log_periods = true
+stats_interval_s = 1.0
+""")
+
+
+def one_wav(folder: Path, labels: list[str], *, seed: int = 1) -> Path:
+    """The clips of ``labels`` (2 s each, two identical channels) joined into one 16-bit wav."""
+    from edge_asd.audio import read_wav, write_wav
+
+    clips = machine_clips(folder / "clips", labels, seed=seed, channels=CHANNELS)
+    out = folder / "stream.wav"
+    write_wav(out, np.concatenate([read_wav(c)[0] for c in clips]), SR)
+    return out
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+class Running:
+    """``edge-asd ARGS`` as a subprocess whose stdout and stderr are collected by threads (so
+    neither pipe fills while the test feeds the device)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._threads = [threading.Thread(target=self._pump, args=(s, b), daemon=True)
+                         for s, b in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _pump(stream, buf: list[str]) -> None:
+        for line in stream:
+            buf.append(line)
+
+    def wait_for(self, text: str, timeout: float = 90.0, *, where: str = "err") -> None:
+        buf = self.err if where == "err" else self.out
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in list(buf)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never appeared (exit {self.proc.poll()}):\n{''.join(self.err)[-4000:]}")
+            time.sleep(0.05)
+
+    def stop(self, device: AlsaFifoDevice, timeout: float = 60.0) -> tuple[int, str, str]:
+        """SIGTERM, then one block of silence so that the capture's pending read returns (a sound
+        card delivers a block every 0.1 s; the FIFO only when written). The service drops any
+        block read after the stop request, so that block is never processed."""
+        self.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        device.feed(device.silence(0.1), speed=1000)
+        rc = self.proc.wait(timeout=timeout)
+        for t in self._threads:
+            t.join(timeout=5)
+        return rc, "".join(self.out), "".join(self.err)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return copy_bundle(tmp_path_factory.mktemp("alsa-bundle"))
+
+
+@pytest.fixture
+def device(tmp_path):
+    folder = tmp_path / "alsa"
+    folder.mkdir()
+    dev = AlsaFifoDevice(folder, channels=CHANNELS)
+    yield dev
+    dev.close()
+
+
+def test_devices_lists_the_alsa_device(device):
+    result = edge_asd("devices", env=alsa_env(device))
+    assert result.returncode == 0, result.stderr
+    line = next((ln for ln in result.stdout.splitlines() if device.name in ln), None)
+    assert line is not None, result.stdout
+    assert "default 16000 Hz" in line, line
+    # Without the declaration the same machine has no such device.
+    plain = edge_asd("devices")
+    assert device.name not in plain.stdout
+
+
+def test_run_on_the_device_gives_the_events_and_periods_of_the_same_audio_from_a_wav(device, bundle, tmp_path):
+    # 8 s normal, 8 s of a lasting fault, 8 s normal.
+    wav = one_wav(tmp_path, ["normal"] * 4 + ["anomaly"] * 4 + ["normal"] * 4)
+    cfg = mic_toml(tmp_path, bundle=bundle, db=tmp_path / "mic.sqlite")
+    from_file = edge_asd("run", "--config", cfg, "--input", wav, "--fast", "--db", tmp_path / "file.sqlite")
+    assert from_file.returncode == 0, from_file.stderr
+
+    run = Running([sys.executable, "-m", "edge_asd", "run", "--config", str(cfg), "--input", f"mic:{device.name}"],
+                  alsa_env(device))
+    try:
+        run.wait_for("capturing from device")
+        device.feed(wav_frames(wav), speed=4.0)
+        device.wait_drained()
+        time.sleep(1.0)  # the last blocks reach the queue
+        rc, out, err = run.stop(device)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, err
+    assert "Traceback" not in err
+    assert f"capturing from device" in err and "dropped 0 blocks" in err and "device overflows 0" in err, err
+
+    mic_lines, file_lines = json_lines(out), json_lines(from_file.stdout)
+    mic_events = [(e["kind"], e["stream_time_s"]) for e in mic_lines if e["type"] == "event"]
+    file_events = [(e["kind"], e["stream_time_s"]) for e in file_lines if e["type"] == "event"]
+    assert [k for k, _ in file_events] == ["onset", "back_to_normal"], file_lines
+    assert [k for k, _ in mic_events] == [k for k, _ in file_events], "\n".join(map(str, mic_lines))
+    np.testing.assert_allclose([t for _, t in mic_events], [t for _, t in file_events], atol=1e-3)
+    mic_periods = [p for p in mic_lines if p["type"] == "period"]
+    file_periods = [p for p in file_lines if p["type"] == "period"]
+    assert len(mic_periods) == len(file_periods) >= 23
+    assert [p["start_s"] for p in mic_periods] == [p["start_s"] for p in file_periods]
+    assert [p["n_windows"] for p in mic_periods] == [p["n_windows"] for p in file_periods]
+    np.testing.assert_allclose([p["score"] for p in mic_periods], [p["score"] for p in file_periods], rtol=1e-5, atol=1e-6)
+
+
+def test_calibrate_reads_the_device_as_it_reads_the_same_wav(device, bundle, tmp_path):
+    wav = one_wav(tmp_path, ["normal"] * 7, seed=4)  # 14 s; calibrate takes 12 s
+    cfg = mic_toml(tmp_path, bundle=bundle, db=tmp_path / "unused.sqlite")
+    args = ["calibrate", bundle, "--config", cfg, "--seconds", "12", "--dry-run"]
+    from_file = edge_asd(*args, "--input", wav)
+    assert from_file.returncode == 0, from_file.stderr
+    feeder = device.feed_in_background(wav_frames(wav), speed=8.0)
+    from_mic = edge_asd(*args, "--input", f"mic:{device.name}", env=alsa_env(device))
+    feeder.join(timeout=30)
+    assert from_mic.returncode == 0, from_mic.stderr
+    assert "microphone edgeasd_test" in from_mic.stderr
+    assert "12.0 s of audio, 12 periods" in from_mic.stdout
+    # The same samples give the same fit, line for line (threshold, interval, provenance of the old one).
+    assert from_mic.stdout == from_file.stdout
+
+
+def test_record_writes_exactly_the_samples_the_device_delivered(device, tmp_path):
+    rng = np.random.default_rng(7)
+    audio = (3000 * rng.standard_normal((SR * 5, CHANNELS))).astype("<i2")
+    cfg = write_toml(tmp_path / "rec.toml", f"[device]\nid = \"rec\"\n[input]\nkind = \"microphone\"\nchannels = {CHANNELS}\n")
+    feeder = device.feed_in_background(audio.tobytes(), speed=8.0)
+    result = edge_asd("record", tmp_path / "out", "--config", cfg, "--input", f"mic:{device.name}",
+                      "--seconds", "4", "--clip-seconds", "2", env=alsa_env(device))
+    feeder.join(timeout=30)
+    assert result.returncode == 0, result.stderr
+    clips = sorted((tmp_path / "out" / "normal").glob("*.wav"))
+    assert len(clips) == 2
+    got = b"".join(wav_frames(c) for c in clips)
+    with wave.open(str(clips[0])) as w:
+        assert (w.getnchannels(), w.getframerate()) == (CHANNELS, SR)
+    assert got == audio[: SR * 4].tobytes()
+    (sidecar,) = (tmp_path / "out" / "sessions").glob("*.json")
+    session = json.loads(sidecar.read_text())
+    assert session["overflows"] == 0 and "edgeasd_test" in session["input"]
+
+
+# What the real device cannot do here, and only that, is injected into the real pyaudio module:
+# PortAudio's read failing as it does when a USB array is unplugged (paUnanticipatedHostError) and
+# an input overrun (paInputOverflowed; the null-clocked file PCM never overruns). Everything else is
+# real: the device is enumerated, opened and read by PortAudio, and its disappearance from the ALSA
+# configuration is what the reconnecting source finds at every reopen until it is declared again.
+FAULTS_LAUNCHER = '''
+import os, sys
+import pyaudio
+
+CONTROL = os.environ["EDGE_ASD_TEST_FAULTS"]
+_real_open = pyaudio.PyAudio.open
+
+
+def _take_fault():
+    try:
+        with open(CONTROL) as f:
+            fault = f.read().strip()
+        os.remove(CONTROL)
+        return fault
+    except FileNotFoundError:
+        return None
+
+
+def _open(self, *args, **kwargs):
+    stream = _real_open(self, *args, **kwargs)
+    real_read = stream.read
+
+    def read(num_frames, exception_on_overflow=True):
+        data = real_read(num_frames, exception_on_overflow=exception_on_overflow)
+        fault = _take_fault()  # after the read: the block in flight is lost with the device
+        if fault == "overflow":
+            raise OSError(pyaudio.paInputOverflowed, "Input overflowed (test)")
+        if fault == "unplug":
+            raise OSError(pyaudio.paUnanticipatedHostError, "Unanticipated host error (test: device unplugged)")
+        return data
+
+    stream.read = read
+    return stream
+
+
+pyaudio.PyAudio.open = _open
+from edge_asd.cli import main
+main(sys.argv[1:])
+'''
+
+
+def test_a_device_that_vanishes_gives_sensor_lost_then_sensor_back_and_nothing_else_is_lost(device, bundle, tmp_path):
+    import sqlite3
+
+    before = one_wav(tmp_path / "before", ["normal"] * 2 + ["anomaly"] * 3, seed=2)  # onset during this part
+    after = one_wav(tmp_path / "after", ["anomaly"] + ["normal"] * 3, seed=3)  # back to normal after the outage
+    db = tmp_path / "events.sqlite"
+    cfg = mic_toml(tmp_path, bundle=bundle, db=db)
+    control = tmp_path / "fault"
+    env = alsa_env(device)
+    env["EDGE_ASD_TEST_FAULTS"] = str(control)
+    run = Running([sys.executable, "-c", FAULTS_LAUNCHER, "run", "--config", str(cfg), "--input", f"mic:{device.name}"], env)
+    try:
+        run.wait_for("capturing from device")
+        first = wav_frames(before)
+        half = len(first) // 2 // BLOCK_BYTES * BLOCK_BYTES
+        device.feed(first[:half], speed=4.0)
+        device.wait_drained()
+        time.sleep(0.3)  # the last block read has been returned to the source
+        control.write_text("overflow")  # the next block read is lost to an overrun
+        device.feed(first[half:], speed=4.0)
+        device.wait_drained()
+        run.wait_for('"kind":"onset"', where="out")
+        # Unplug: the device leaves the configuration, and the read in flight fails.
+        device.vanish()
+        control.write_text("unplug")
+        device.feed(device.silence(0.1), speed=1000)  # wakes the pending read, which then fails
+        run.wait_for("stopped delivering audio")
+        run.wait_for("retrying in 1.0 s")  # back-off: 0.5 s, then 1.0 s (reconnect_max_s)
+        device.declare()
+        run.wait_for("is back after")
+        device.feed(wav_frames(after), speed=4.0)
+        device.wait_drained()
+        run.wait_for('"kind":"back_to_normal"', where="out")
+        time.sleep(0.5)
+        rc, out, err = run.stop(device)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, err
+    assert "Traceback" not in err
+    events = [e for e in json_lines(out) if e["type"] == "event"]
+    assert [e["kind"] for e in events] == ["onset", "sensor_lost", "sensor_back", "back_to_normal"], events
+    onset, lost, back, recovered = events
+    assert lost["details"]["device"] == device.name and "Unanticipated host error" in lost["details"]["error"]
+    assert lost["score"] is None and back["details"]["attempts"] >= 2 and back["details"]["outage_s"] >= 1.0
+    assert recovered["details"]["onset_id"] == onset["id"]
+    # Stream time moved on over the outage: the audio after it is stamped later by about its length.
+    assert back["stream_time_s"] == pytest.approx(lost["stream_time_s"], abs=0.11)
+    assert recovered["stream_time_s"] >= back["stream_time_s"] + back["details"]["outage_s"] + 2.0
+    # Every event is in the store, in order.
+    assert [r[0] for r in sqlite3.connect(db).execute("SELECT id FROM events ORDER BY seq")] == [e["id"] for e in events]
+    # Every block the device delivered was processed (the overrun's and the failed read's blocks are
+    # lost with the device): 10 s + 0.1 s + 8 s of audio written, two blocks lost, nothing dropped.
+    last_stats = [ln for ln in err.splitlines() if "real-time factor" in ln][-1]
+    assert "audio 17.9 s" in last_stats and "dropped 0 blocks" in last_stats, last_stats
+    assert "device overflows 1" in last_stats and "sensor lost 1 times" in last_stats, last_stats
