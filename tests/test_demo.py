@@ -19,7 +19,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     run = subprocess.run([sys.executable, "-m", "trainer", "demo", "--quick", "--out", str(out)],
                          capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "| **int8 − float** |" in run.stdout and "streaming 18 test clips" in run.stdout
+    assert "| **int8 − float** |" in run.stdout and "streaming 16 new clips" in run.stdout
     bundle = json.loads((out / "bundle" / "bundle.json").read_text())
     evaluation = bundle["metrics"]["evaluation"]
     assert abs(evaluation["auc_int8_minus_float"]) <= 0.01

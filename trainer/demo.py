@@ -1,10 +1,10 @@
 """``asd-train demo``: the end-to-end run on built-in synthetic data.
 
 Generates a small MIMII-like data set (one fan, 6 dB, 60 normal + 20 abnormal clips of 10 s,
-mono), trains a ``conv-ae`` on log-Mel features with the ``mimii`` protocol, exports float and int8
+mono), trains the default recipe (``short-conv-ae``: conv-ae on 8 ms log-Mel frames) with the ``mimii`` protocol, exports float and int8
 models into a bundle, scores the test clips with both through the device runtime, prints the AUC
-table with the int8 − float difference, and finally streams normal → anomalous → normal test clips
-through the real device service (``edge-asd run``, a process that never imports TensorFlow) and
+table with the int8 − float difference, and finally streams new clips of the same machine, normal →
+a fault that grows → normal, through the real device service (``edge-asd run``, a process that never imports TensorFlow) and
 prints the events it raised. A few minutes on 2 cores (``--quick``: about one).
 """
 
@@ -28,17 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_PROFILE = REPO / "firmware_config" / "default.toml"
 
 
-def _demo_recipe():
-    from trainer.recipes import Recipe
-
-    # The synthetic fan's faults are tonal and broadband, not clicks: DCASE's frames resolve them, and
-    # per-band standardisation with the kind's default window trains in a minute on 2 cores.
-    return Recipe(
-        name="demo", summary="conv-ae on DCASE frames for the synthetic demo fan", measured="the demo's AUC table",
-        model="conv-ae", n_mels=64, normalization="per-feature", train_hop_s=None,
-    )
-
-
 def run_demo(
     out_dir: str | os.PathLike,
     *,
@@ -58,6 +47,7 @@ def run_demo(
     """
     quiet_tensorflow_logs()
     from trainer.fit_cli import fit_bundle
+    from trainer.recipes import DEFAULT_RECIPE
     from trainer.synth import generate_dataset
 
     start = time.perf_counter()
@@ -73,7 +63,7 @@ def run_demo(
         data,
         out / "bundle",
         layout="mimii",
-        recipe=_demo_recipe(),
+        recipe=DEFAULT_RECIPE,
         protocol="mimii",
         epochs=5 if quick else 15,
         seed=seed,
@@ -91,11 +81,44 @@ def run_demo(
     }
 
 
-def stream_demo(
-    bundle: Path, clips: list[Path], labels: list[str], out_dir: Path, *, n_normal: int = 4, n_anomalous: int = 10
-) -> dict[str, Any]:
-    """Replay ``n_normal`` normal, ``n_anomalous`` anomalous, then ``n_normal`` normal test clips
-    through ``edge-asd run`` (the alarm needs k anomalous periods out of n, so a fault has to last).
+DEVELOPING_FAULT = {"fan": "contamination", "pump": "contamination", "slider": "no_grease", "valve": "contamination"}
+"""The fault that develops in the stream, per machine type: dirt building up (a slider drying out)."""
+DEVELOPING_FAULT_SEVERITIES = (0.6, 0.8, 1.0, 1.2, 1.4, 1.5, 1.5, 1.5)
+"""Severities (the generator's scale, (0, 1.5]) of the fault clips streamed one after another: a
+fault that grows, as a failing bearing does, rather than the test set's mix of subtle and severe."""
+STREAM_NORMAL_CLIPS = 4
+STREAM_INDEX = 10_000
+"""Clip numbers of the streamed clips: far above the data set's, so none of them was trained or tested on."""
+
+
+def write_stream(
+    out_dir: Path, *, machine: str = "fan", seed: int = 0, duration_s: float = 10.0, snr_db: float = 6.0,
+    severities: tuple[float, ...] = DEVELOPING_FAULT_SEVERITIES, n_normal: int = STREAM_NORMAL_CLIPS,
+) -> list[tuple[str, Path]]:
+    """Write the stream the device hears: ``n_normal`` normal clips, the machine's
+    :data:`DEVELOPING_FAULT` growing through ``severities``, then ``n_normal`` normal clips again, as
+    ``out_dir/NNN_<label>.wav`` (the folder source plays them in name order). New clips of the same
+    synthetic machine (same seed, ID and SNR as the training data), never seen in training."""
+    from edge_asd.audio import write_wav
+    from trainer.synth import synth_clip
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*.wav"):
+        old.unlink()
+    plan = [("normal", None)] * n_normal + [("anomaly", s) for s in severities] + [("normal", None)] * n_normal
+    written = []
+    for i, (label, severity) in enumerate(plan):
+        clip = synth_clip(machine, "00", label=label, index=STREAM_INDEX + i, snr_db=snr_db, channels=1,
+                          duration_s=duration_s, seed=seed, fault=DEVELOPING_FAULT[machine] if severity else None, severity=severity)
+        path = out_dir / f"{i:03d}_{label}.wav"
+        write_wav(path, clip.samples, clip.sr)
+        written.append((label, path))
+    return written
+
+
+def stream_demo(bundle: Path, out_dir: Path, *, machine: str = "fan", seed: int = 0, duration_s: float = 10.0) -> dict[str, Any]:
+    """Stream normal clips, a developing fault, and normal clips again (:func:`write_stream`) through
+    ``edge-asd run`` (the alarm needs k anomalous periods out of n, so a fault has to last).
 
     The service runs as its own process with the demo device profile (``firmware_config/
     default.toml``), as fast as possible, storing events in ``out_dir/events.sqlite``.
@@ -105,17 +128,8 @@ def stream_demo(
     dict with ``events`` (the JSON events it printed), ``order`` (the labels streamed, in order),
     ``returncode`` and ``stderr``.
     """
-    normal = [c for c, lab in zip(clips, labels) if lab == "normal"]
-    anomaly = [c for c, lab in zip(clips, labels) if lab == "anomaly"]
-    n = min(n_normal, len(normal) // 2)
-    order = [("normal", c) for c in normal[:n]] + [("anomaly", c) for c in anomaly[:n_anomalous]] + [("normal", c) for c in normal[n : 2 * n]]
+    order = write_stream(out_dir / "stream", machine=machine, seed=seed, duration_s=duration_s)
     stream = out_dir / "stream"
-    stream.mkdir(parents=True, exist_ok=True)
-    for old in stream.glob("*.wav"):
-        old.unlink()
-    for i, (label, clip) in enumerate(order):
-        # the folder source plays files in name order
-        (stream / f"{i:03d}_{label}.wav").write_bytes(Path(clip).read_bytes())
     db = out_dir / "events.sqlite"
     db.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "edge_asd", "run", "--config", str(DEMO_PROFILE), "--bundle", str(bundle),
@@ -141,8 +155,9 @@ def demo(out: Path, quick: bool, seed: int) -> None:
     click.echo(markdown_summary(res["evaluation"]))
     click.echo(f"bundle: {res['bundle']}")
     click.echo("")
-    streamed = stream_demo(Path(res["bundle"]), res["test_clips"], res["test_labels"], out)
-    click.echo(f"streaming {len(streamed['order'])} test clips through the device service (edge-asd run, int8): " + " ".join("N" if lab == "normal" else "A" for lab in streamed["order"]))
+    streamed = stream_demo(Path(res["bundle"]), out, seed=seed)
+    click.echo(f"streaming {len(streamed['order'])} new clips, normal / a growing fault / normal, through the device "
+               "service (edge-asd run, int8): " + " ".join("N" if lab == "normal" else "A" for lab in streamed["order"]))
     if streamed["returncode"] != 0:
         raise click.ClickException(f"the device service failed:\n{streamed['stderr'][-2000:]}")
     for e in streamed["events"]:
