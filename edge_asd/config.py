@@ -124,10 +124,15 @@ class StoreConfig:
     """Database file (WAL mode)."""
     max_events: int = 100_000
     """Delivered events kept; older ones are deleted. Undelivered events are never deleted."""
+    memory_events: int = 10_000
+    """Events held in memory while the store cannot be written (full or read-only disk); beyond it
+    the oldest are dropped (they are in the journal, from stdout)."""
 
     def __post_init__(self) -> None:
         if self.max_events < 1:
             raise ParameterError(f"store.max_events must be >= 1, got {self.max_events}")
+        if self.memory_events < 1:
+            raise ParameterError(f"store.memory_events must be >= 1, got {self.memory_events}")
 
 
 @dataclass(frozen=True, kw_only=True)

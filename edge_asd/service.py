@@ -505,6 +505,8 @@ class Service:
             elif not stalled:
                 stalled = True
                 log.warning("no audio for %.1f s: the watchdog is no longer pinged", stall_s)
+            if self.store is not None:
+                self._retry_store()
             if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > CAPTURE_STOP_TIMEOUT_S:
                 log.warning("capture did not stop within %.1f s of the stop request (stuck in a device read?); "
                             "closing the period without it", CAPTURE_STOP_TIMEOUT_S)
@@ -539,6 +541,13 @@ class Service:
         if isinstance(self._capture_error, EdgeASDError):
             raise self._capture_error
         return 1 if self._capture_error is not None else 0
+
+    def _retry_store(self) -> None:
+        """Write events the store holds in memory (it throttles itself); never let it stop detection."""
+        try:
+            self.store.retry()
+        except Exception as exc:
+            log.warning("event store retry failed: %s", exc)
 
     def _warm_up(self) -> None:
         """Score one window of silence through a throwaway scorer before READY=1: the front end's
@@ -674,11 +683,18 @@ def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable
         log.warning("%s", threshold_warning)
     source = open_source(config.input, sr=detector.config.sr)
     stdout = StdoutSink()
-    store = SQLiteStore(config.store.path, max_events=config.store.max_events, outbox=config.mqtt.enabled)
+    # Not strict: a store that cannot be opened (full or read-only disk) holds events in memory and
+    # keeps trying, and detection goes on; an exit here would have systemd restart the service
+    # into the same disk, over and over.
+    store = SQLiteStore(config.store.path, max_events=config.store.max_events, outbox=config.mqtt.enabled,
+                        memory_events=config.store.memory_events, strict=False)
     # The store first: an event is durable before stdout (the sink most likely to fail) sees it.
     sinks: list[Any] = [store, stdout]
     if config.mqtt.enabled:
         forwarder = MqttForwarder(config.mqtt, device_id=config.device.id, store=store)
+        store.on_failure = forwarder.publish_store_failure
+        if store.failed_writes:
+            forwarder.publish_store_failure(f"event store {store.path}: cannot be opened (see the journal)")
         forwarder.start()
         sinks.append(forwarder)
     service = Service(config, detector=detector, source=source, sinks=sinks, stdout=stdout, notifier=notifier, store=store)

@@ -41,6 +41,9 @@ PRUNE_INTERVAL_S = 3600.0
 a process that stores fewer than :data:`PRUNE_EVERY` events would otherwise never prune."""
 FORWARD_ERROR_MAX_S = 30.0
 """Longest back-off of the forwarder after an event-store error, seconds."""
+STORE_RETRY_S = 5.0
+"""While events wait in memory (the store's disk is full or read-only), how often
+:meth:`SQLiteStore.retry` tries to write them, seconds."""
 
 
 class StoreError(EdgeASDError):
@@ -177,38 +180,126 @@ class SQLiteStore:
         deleted, so the bound can be exceeded while the broker is away (logged).
     outbox
         Put new events in the outbox (``True`` when MQTT forwarding is configured).
+    memory_events
+        Events held in memory while the store cannot be written; beyond it the oldest are dropped
+        (counted in ``dropped_events``, and each was already on stdout, i.e. in the journal).
+    strict
+        Raise :class:`StoreError` when the file cannot be opened (tools); the service passes
+        ``False``: a full or read-only disk must not stop detection, nor make systemd restart the
+        service over and over.
 
     A write that fails (disk full, read-only file system) keeps the event in memory, logs an error
-    naming the event, and is retried on the next write; ``failed_writes`` counts failures.
+    naming the file, the error and what to do (once per failure episode, then a reminder per
+    :data:`STORE_RETRY_S` retry), and is retried on the next write and by :meth:`retry`;
+    ``failed_writes`` counts failures. A store that could not be opened is opened again the same way.
+    ``on_failure(message)``, when set, is called once at the start of each failure episode (the
+    service publishes it over MQTT, which cannot read events from a store that is failing).
     """
 
-    def __init__(self, path: str | os.PathLike, *, max_events: int = 100_000, outbox: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike, *, max_events: int = 100_000, outbox: bool = False,
+                 memory_events: int = 10_000, strict: bool = True) -> None:
         self.path = Path(path)
         self.max_events = max_events
         self.outbox = outbox
+        self.memory_events = memory_events
         self.failed_writes = 0
+        self.dropped_events = 0
+        self.on_failure: Any = None
+        self._failing = False
         self._pending: list[Event] = []
         self._inserts = 0
         self._last_prune = time.monotonic()
+        self._last_retry = time.monotonic()
         self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        try:
+            self._connect()
+        except StoreError as exc:
+            if strict:
+                raise
+            self._fail(str(exc))
+
+    def _connect(self) -> None:
+        db = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(self.path, timeout=SQLITE_BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
             # Events are rare and precious: make every commit durable against power loss too.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"{self.path}: cannot open the event store ({exc}); check the path, permissions and free space") from exc
+            if db is not None:
+                db.close()
+            raise StoreError(f"{self.path}: cannot open the event store ({exc}{self._diagnose()}); check the path, "
+                             "permissions and free space") from exc
+        self._db = db
         # At open too: a store.max_events lowered in the configuration applies from the start.
         self._prune()
+
+    def _diagnose(self) -> str:
+        """What SQLite's message does not say ("unable to open database file"): read-only file
+        system, full disk or missing write permission on the store's folder ("" if none of them)."""
+        folder = self.path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            return ""
+        if st.f_flag & os.ST_RDONLY:
+            return f"; {folder} is on a read-only file system"
+        if st.f_bavail * st.f_frsize < 64 * 1024:
+            return f"; the disk holding {folder} is full ({st.f_bavail * st.f_frsize} bytes free)"
+        if not os.access(folder, os.W_OK):
+            return f"; no write permission on {folder}"
+        return ""
+
+    def _fail(self, message: str) -> None:
+        """Log a failure (loudly at the start of an episode) and tell ``on_failure``."""
+        self.failed_writes += 1
+        if self._failing:
+            log.debug("event store still failing: %s", message)
+            return
+        self._failing = True
+        text = (f"event store {message}; {len(self._pending)} event(s) held in memory (at most "
+                f"{self.memory_events}, store.memory_events) and written when it works again: free disk space on "
+                f"{self.path.parent} or make it writable; detection goes on")
+        log.error("%s", text)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(text)
+            except Exception as exc:  # never let the report of a failure become a second failure
+                log.warning("reporting the event store failure failed: %s", exc)
 
     def emit(self, event: Event) -> None:
         with self._lock:
             self._pending.append(event)
+            if len(self._pending) > self.memory_events:
+                dropped = self._pending.pop(0)
+                self.dropped_events += 1
+                log.error("event store %s: more than store.memory_events = %d events wait in memory; dropped the "
+                          "oldest (%s %s, printed to stdout when raised)", self.path, self.memory_events, dropped.kind, dropped.id)
+            self._write_pending()
+
+    def retry(self, *, force: bool = False) -> None:
+        """Write events held in memory (at most every :data:`STORE_RETRY_S` unless ``force``)."""
+        if not self._pending and self._db is not None:
+            return
+        if not force and time.monotonic() - self._last_retry < STORE_RETRY_S:
+            return
+        with self._lock:
             self._write_pending()
 
     def _write_pending(self) -> None:
+        self._last_retry = time.monotonic()
+        if self._db is None:
+            try:
+                self._connect()
+            except StoreError as exc:
+                self._fail(str(exc))
+                return
+        written = 0
         while self._pending:
             event = self._pending[0]
             try:
@@ -223,16 +314,16 @@ class SQLiteStore:
                     if cur.rowcount:
                         self._track_alarm(event)
             except sqlite3.Error as exc:
-                self.failed_writes += 1
-                log.error(
-                    "event store %s: cannot write event %s (%s); %d event(s) held in memory, will retry "
-                    "(free disk space or fix permissions)", self.path, event.id, exc, len(self._pending)
-                )
+                self._fail(f"{self.path}: cannot write event {event.id} ({exc}{self._diagnose()})")
                 return
             self._pending.pop(0)
+            written += 1
             self._inserts += 1
             if self._inserts % PRUNE_EVERY == 0 or time.monotonic() - self._last_prune >= PRUNE_INTERVAL_S:
                 self._prune()
+        if self._failing:
+            self._failing = False
+            log.warning("event store %s: writable again; %d event(s) held in memory written", self.path, written)
 
     def _track_alarm(self, event: Event) -> None:
         """Record (onset) or clear (back-to-normal) the device's open alarm; inside the event's transaction."""
@@ -251,6 +342,9 @@ class SQLiteStore:
         clock of the run that raised it, seconds).
         """
         with self._lock:
+            if self._db is None:
+                log.warning("event store %s is not open: no open alarm to resume", self.path)
+                return None
             try:
                 row = self._db.execute(
                     "SELECT onset_id, time_utc, stream_time_s FROM open_alarm WHERE device = ?", (device,)
@@ -283,6 +377,8 @@ class SQLiteStore:
         """Oldest undelivered events as ``(seq, id, payload)``."""
         with self._lock:
             self._write_pending()
+            if self._db is None:
+                return []
             rows = self._db.execute(
                 "SELECT o.seq, o.id, e.payload FROM outbox o JOIN events e ON e.seq = o.seq ORDER BY o.seq LIMIT ?",
                 (limit,),
@@ -291,6 +387,8 @@ class SQLiteStore:
 
     def mark_delivered(self, seq: int) -> None:
         with self._lock:
+            if self._db is None:
+                return
             try:
                 with self._db:
                     self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
@@ -300,11 +398,15 @@ class SQLiteStore:
 
     def count_outbox(self) -> int:
         with self._lock:
+            if self._db is None:
+                return 0
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def events(self) -> list[dict[str, Any]]:
         """All stored events, oldest first (for tests and tools)."""
         with self._lock:
+            if self._db is None:
+                raise StoreError(f"{self.path}: the event store is not open")
             rows = self._db.execute("SELECT payload FROM events ORDER BY seq").fetchall()
         return [json.loads(r[0]) for r in rows]
 
@@ -313,7 +415,8 @@ class SQLiteStore:
             self._write_pending()
             if self._pending:
                 log.error("event store %s: %d event(s) could not be stored (see above); they were printed to stdout", self.path, len(self._pending))
-            self._db.close()
+            if self._db is not None:
+                self._db.close()
 
 
 class MqttForwarder:
@@ -342,7 +445,9 @@ class MqttForwarder:
         self.store = store
         self.topic = f"{config.topic_prefix}/{device_id}/events"
         self.status_topic = f"{config.topic_prefix}/{device_id}/status"
+        self.device_id = device_id
         self.published = 0
+        self._store_failure: str | None = None  # a store failure not yet published (broker away)
         self._stop = threading.Event()
         self._wake = threading.Event()
         client = mqtt.Client(
@@ -380,6 +485,8 @@ class MqttForwarder:
             return
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        if self._store_failure is not None:
+            self.publish_store_failure(self._store_failure)
         self._wake.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -396,6 +503,18 @@ class MqttForwarder:
     def emit(self, event: Event) -> None:
         """The event is already in the outbox (the store is emitted to first); just wake up."""
         self._wake.set()
+
+    def publish_store_failure(self, message: str) -> None:
+        """Publish a ``store_error`` event straight to the events topic (QoS 1, not waited for):
+        the outbox lives in the store that is failing. While the broker is away the latest failure
+        waits and is published on connection."""
+        if not self._client.is_connected():
+            self._store_failure = message
+            return
+        self._store_failure = None
+        event = Event.create(device=self.device_id, kind="store_error", stream_time_s=0.0, score=None,
+                             threshold=0.0, details={"message": message})
+        self._client.publish(self.topic, event.to_json(), qos=1)
 
     def _publish_one(self) -> bool:
         """Send the oldest outbox event; ``True`` if it was acknowledged."""
