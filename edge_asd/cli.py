@@ -208,39 +208,62 @@ def _expand_inputs(inputs: tuple[Path, ...]) -> list[Path]:
 @click.option("--model", type=click.Choice(["int8", "float"]), default="int8", show_default=True)
 @click.option("--class-label", help="Machine class (neg_log_prob bundles).")
 @click.option("--threshold", type=float, help="Decide with this threshold instead of the bundle's.")
-def score(bundle, inputs, csv_path, model, class_label, threshold) -> None:
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Device TOML: its [signal] and [machine] checks (default: built-in, with what enrollment learned).")
+def score(bundle, inputs, csv_path, model, class_label, threshold, config_path) -> None:
     """Score wav files (or every wav below folders) with BUNDLE: one row per clip.
 
-    Prints ``file,score,decision`` (decision 1 = anomalous). An unreadable file is reported and
-    left out, never scored as 0; the exit code is then 1.
+    Prints ``file,score,decision,quality`` (decision 1 = anomalous). ``quality`` is ``ok`` or why
+    the clip cannot be judged: a sensor problem (silence, clipping, dropout, dc_offset,
+    dead_channel, ...) or ``machine_idle``; such a clip is never an anomaly (decision 0), whatever
+    its score. An unreadable file is reported and left out, never scored as 0; the exit code is then 1.
     """
     import csv
     import io
 
     from edge_asd.audio import read_wav
+    from edge_asd.audio.resample import resample
     from edge_asd.detector import Detector
+    from edge_asd.frontend import compute_features
+    from edge_asd.machine_state import clip_is_idle, resolve_gate
+    from edge_asd.signal_quality import assess_clip, learn_signal_config
 
+    config = _load_config(config_path)
     detector = Detector.from_bundle(bundle, model=model, class_label=class_label)
     thr = detector.threshold_ if threshold is None else threshold
+    site = detector.bundle.enrollment.site if detector.bundle.enrollment is not None else None
+    signal_config, _ = learn_signal_config(config.signal, site.audio if site is not None else None)
+    gate = resolve_gate(config.machine, detector.bundle)
     files = _expand_inputs(inputs)
     rows, failed = [], 0
     for path in files:
         try:
             samples, sr = read_wav(path)
             value = detector.score_clip(samples, sr=sr)
+            quality = assess_clip(samples, sr, signal_config)[0] if config.signal.enabled else "ok"
+            if quality == "ok" and config.machine.enabled:
+                # The gate is on the bundle's features, so the clip is heard at the bundle's rate; the
+                # front end's mono downmix first (resampling is linear), which keeps memory to one channel.
+                mono = samples.mean(axis=1, keepdims=True, dtype=np.float32) if samples.ndim == 2 else samples
+                at_rate = mono if sr == detector.config.sr else resample(mono, orig_sr=sr, target_sr=detector.config.sr)
+                quality = "machine_idle" if clip_is_idle(compute_features(at_rate, detector.config), config.machine, gate) else "ok"
         except EdgeASDError as exc:
             # Name the file also when the error comes from past the reader (a clip too short for one window).
             message = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
             click.echo(f"error: {message}", err=True)
             failed += 1
             continue
-        rows.append((str(path), value, int(value > thr)))
-        click.echo(f"{path},{value:.6g},{int(value > thr)}")
+        decision = int(quality == "ok" and value > thr)
+        if quality != "ok":
+            why = "the machine is off" if quality == "machine_idle" else "a sensor problem, not the machine"
+            click.echo(f"{path}: not decided: {quality} ({why}); score {value:.6g} ignored", err=True)
+        rows.append((str(path), value, decision, quality))
+        click.echo(f"{path},{value:.6g},{decision},{quality}")
     if csv_path is not None:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", "score", "decision"])
-        writer.writerows((f, repr(s), d) for f, s, d in rows)
+        writer.writerow(["file", "score", "decision", "quality"])
+        writer.writerows((f, repr(s), d, q) for f, s, d, q in rows)
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         csv_path.write_text(buf.getvalue(), encoding="utf-8")
     if failed:

@@ -35,7 +35,8 @@ from edge_asd.bundle import (
 )
 from edge_asd.calibration import MIN_PERIODS, CalibrationResult, fit_threshold, score_periods, threshold_record
 from edge_asd.errors import AudioFileError, BundleError, ParameterError
-from edge_asd.signal_quality import SignalStats, SignalSummary, check_enrollment_audio
+from edge_asd.machine_state import frame_level_record
+from edge_asd.signal_quality import SignalStats, SignalSummary, channel_correlation, check_enrollment_audio
 
 __all__ = ["EnrollmentResult", "enroll_bundle", "rollback_bundle", "describe_input", "describe_enrollment", "STD_FLOOR_DB"]
 
@@ -116,26 +117,33 @@ def _check_files(inp: Any, *, sr: int, seconds: float, need_s: float) -> None:
         )
 
 
-def _record(source: Any, *, seconds: float) -> tuple[np.ndarray, SignalSummary]:
+def _record(source: Any, *, seconds: float) -> tuple[np.ndarray, SignalSummary, float | None]:
     """Read up to ``seconds`` from ``source``: its mono downmix (float32, the front end's own
-    kernel) and the signal figures of the raw channels."""
+    kernel), the signal figures of the raw channels and the 5th percentile over blocks of the
+    lowest channel-to-others correlation (``None`` for one channel), which the sensor monitor's
+    decorrelation check learns from."""
     from edge_asd.frontend.kernels import downmix_into
 
     limit = int(round(seconds * source.sr))
     mono = np.empty(limit, dtype=np.float32)
     stats = SignalStats(source.n_channels)
+    lowest: list[float] = []
     n = 0
     try:
         for block in source.blocks():
             block = np.ascontiguousarray(block[: limit - n], dtype=np.float32)
             stats.update(block)
+            if source.n_channels > 1:
+                corr = channel_correlation(block)
+                if np.isfinite(corr).any():
+                    lowest.append(float(np.nanmin(corr)))
             downmix_into(block, mono, n)
             n += block.shape[0]
             if n >= limit:
                 break
     finally:
         source.close()
-    return mono[:n], stats.summary()
+    return mono[:n], stats.summary(), (float(np.percentile(lowest, 5)) if lowest else None)
 
 
 def _site_normalization(frames: np.ndarray, factory: Normalization) -> tuple[Normalization, str]:
@@ -205,7 +213,7 @@ def enroll_bundle(
     factory_detector = Detector(bundle, model=model, class_label=class_label)  # checks model and class first
     source = open_source(inp, sr=sr, realtime=False)
     log(f"reading up to {seconds:g} s of normal audio from {where} ...")
-    mono, signal = _record(source, seconds=seconds)
+    mono, signal, correlation_p05 = _record(source, seconds=seconds)
     check_enrollment_audio(signal, where=where)
     audio_s = mono.size / sr
     if audio_s < need_s:
@@ -248,6 +256,9 @@ def enroll_bundle(
             "n_frames": int(frames.shape[0]),
             "n_windows": int(raw.size),
             "signal": signal.to_dict(),
+            # What the service's sensor and machine-state monitors learn from (see
+            # edge_asd.signal_quality.learn_signal_config and edge_asd.machine_state.resolve_gate).
+            "quality": {"channel_correlation_p05": correlation_p05, "frame_level_db": frame_level_record(frames)},
             "factory_on_site": {
                 "periods_above_threshold": factory_exceedances,
                 "n_periods": int(factory_periods.size),

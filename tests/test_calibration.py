@@ -81,12 +81,12 @@ def test_calibrate_cli_writes_threshold_and_keeps_history(tmp_path):
     fresh = machine_clips(tmp_path / "fresh", ["normal"] * 2, seed=8)
     scored = edge_asd("score", bundle, anomalous[0].parent, fresh[0].parent)
     assert scored.returncode == 0, scored.stderr
-    rows = {line.split(",")[0]: line.split(",")[1:] for line in scored.stdout.splitlines() if line.endswith((",0", ",1"))}
+    rows = {line.split(",")[0]: line.split(",")[1:] for line in scored.stdout.splitlines() if line.endswith(",ok")}
     for clip in anomalous:
-        score, flag = rows[str(clip)]
+        score, flag, _ = rows[str(clip)]
         assert float(score) > thr["value"] and flag == "1", (clip, score, thr["value"])
     for clip in fresh:
-        score, flag = rows[str(clip)]
+        score, flag, _ = rows[str(clip)]
         assert float(score) < thr["value"] and flag == "0", (clip, score, thr["value"])
     assert thr["calibrated_for"] == {"period_s": 0.5, "model": "int8", "class_label": None, "n_channels": 1}
 

@@ -38,7 +38,7 @@ def test_score_writes_csv_one_row_per_clip(tmp_path, clip):
     result = edge_asd("score", bundle, clip[0].parent, "--csv", out)
     assert result.returncode == 0, result.stderr
     rows = out.read_text().splitlines()
-    assert rows[0] == "file,score,decision" and len(rows) == 3
+    assert rows[0] == "file,score,decision,quality" and len(rows) == 3
     decisions = {r.split(",")[0].rsplit("_", 1)[-1]: int(r.split(",")[2]) for r in rows[1:]}
     assert decisions == {"normal.wav": 0, "anomaly.wav": 1}
 

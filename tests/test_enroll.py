@@ -224,6 +224,16 @@ def test_enroll_on_gain_shifted_audio_then_rollback(quiet_bundle, tmp_path):
     audio = e["site"]["audio"]
     assert audio["periods"] == 24 and audio["seconds"] == pytest.approx(48.0) and audio["input"] == str(site[0].parent)
     assert audio["signal"]["clipped_fraction"] == 0 and -40 < audio["signal"]["rms_dbfs"] < -10
+    # What the sensor and machine-state monitors learn from: the site frames' level (its mean is the
+    # site normalisation's mean of means) and, for one channel, no channel correlation.
+    levels = audio["quality"]["frame_level_db"]
+    assert levels["mean"] == pytest.approx(np.mean(data["normalization"]["mean"]), abs=1e-3) and levels["p01"] < levels["mean"]
+    assert audio["quality"]["channel_correlation_p05"] is None
+    from edge_asd.bundle import read_bundle
+    from edge_asd.machine_state import MachineStateConfig, resolve_gate
+
+    gate = resolve_gate(MachineStateConfig(), read_bundle(bundle, verify_files=False))
+    assert "learned at enroll" in gate.source or "enrolled site" in gate.source, gate
     assert audio["factory_on_site"]["periods_above_threshold"] > 0
 
     info = edge_asd("info", bundle, "--no-model")

@@ -240,7 +240,7 @@ def test_score_of_every_malformed_file_in_one_memory_limited_process(fuzz, tiny_
     n_errors = sum(c.score == "error" for c in files)
     assert rc == 1 and err.strip().splitlines()[-1] == f"error: {n_errors} of {len(files)} file(s) could not be scored (see above)"
     for line in out.splitlines():
-        assert math.isfinite(float(line.rsplit(",", 2)[1])), line
+        assert math.isfinite(float(line.rsplit(",", 3)[1])), line
 
 
 def test_score_of_a_folder_named_like_a_wav_file(fuzz, tiny_bundle):

@@ -265,3 +265,127 @@ def test_excluded_stretches_overlap():
     assert ex.overlaps(0.9, 1.05) and ex.overlaps(1.15, 1.5) and not ex.overlaps(1.2, 1.5) and not ex.overlaps(0.5, 1.0)
     ex.add(5.0, 5.1)  # 1.0-1.2 falls out of memory
     assert not ex.overlaps(0.0, 2.0) and ex.overlaps(5.05, 6.0)
+
+
+# -- the service: a stream with sensor faults, an idle machine, then an anomaly -----------------
+
+CHANNELS = 4
+
+
+def write_stream(folder, clips_dir):
+    """A 4-channel stream of 2 s wav files; returns the stretches ``(label, start_s, end_s)``."""
+    from edge_asd.audio import read_wav, write_wav
+
+    labels = ["normal"] * 15 + ["anomaly"] * 3 + ["normal"] * 3
+    paths = machine_clips(clips_dir, labels, channels=CHANNELS)
+    clips = iter(read_wav(p)[0] for p in paths)
+    rng = np.random.default_rng(7)
+    plan = [("normal", next(clips)), ("normal", next(clips)), ("normal", next(clips)),
+            ("silence", np.zeros((4 * SR, CHANNELS), np.float32)),  # a dead microphone (digital silence)
+            ("normal", next(clips)), ("normal", next(clips)),
+            ("clipping", np.clip(np.concatenate([next(clips), next(clips)]) * 20, -1, 1)),  # gain far too high
+            ("normal", next(clips)), ("normal", next(clips))]
+    dead = np.concatenate([next(clips), next(clips)])
+    dead[:, 1] = 0.0  # one capsule of the array dies; the machine is heard on the other three
+    plan += [("dead_channel", dead), ("normal", next(clips)), ("normal", next(clips)),
+             ("machine_off", noise(rng, 6 * SR, CHANNELS, -60)),  # the room's noise floor: quiet, but not silence
+             ("normal", next(clips)), ("normal", next(clips))]
+    plan += list(zip(labels[-6:], clips))  # the clips left: 3 anomalous, 3 normal
+    folder.mkdir(parents=True)
+    stretches, t = [], 0.0
+    for k, (label, x) in enumerate(plan):
+        write_wav(folder / f"{k:03d}_{label}.wav", x, SR)
+        stretches.append((label, t, t + x.shape[0] / SR))
+        t += x.shape[0] / SR
+    return stretches
+
+
+def run_stream(tmp, bundle, wavs, name, extra):
+    (tmp / name).mkdir()
+    cfg = service_toml(tmp / name, bundle=bundle, inputs=wavs, db=tmp / name / "events.sqlite", extra=extra)
+    cfg.write_text(cfg.read_text().replace("channels = 1", f"channels = {CHANNELS}"))
+    result = edge_asd("run", "--config", cfg)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result, [r for r in lines if r["type"] == "event"], [r for r in lines if r["type"] == "period"]
+
+
+def test_service_reports_sensor_faults_and_idle_apart_from_anomalies(tmp_path):
+    bundle = copy_bundle(tmp_path)
+    stretches = write_stream(tmp_path / "wavs", tmp_path / "clips")
+    start, end = {}, {}
+    for label, s, e in stretches:  # the first start and the last end of each kind of stretch
+        start.setdefault(label, s)
+        end[label] = e
+    monitors = """
+[signal]
+fault_window_s = 1.0
+clear_after_s = 1.0
+
+[machine]
+idle_after_s = 1.0
+running_after_s = 1.0
+stop_is_alarm = true
+"""
+    result, events, periods = run_stream(tmp_path, bundle, tmp_path / "wavs", "checked", monitors)
+    kinds = [(e["kind"], e["details"].get("reason")) for e in events]
+    assert kinds == [("sensor_fault", "silence"), ("sensor_ok", "silence"), ("sensor_fault", "clipping"),
+                     ("sensor_ok", "clipping"), ("sensor_fault", "dead_channel"), ("sensor_ok", "dead_channel"),
+                     ("machine_idle", None), ("machine_running", None), ("onset", None), ("back_to_normal", None)], kinds
+    period_s = 1.0
+    faults = [e for e in events if e["kind"] in ("sensor_fault", "machine_idle")]
+    oks = [e for e in events if e["kind"] in ("sensor_ok", "machine_running")]
+    for fault, ok, label in zip(faults, oks, ["silence", "clipping", "dead_channel", "machine_off"]):
+        # Each change is reported within two periods of the change in the audio.
+        assert start[label] < fault["stream_time_s"] <= start[label] + 2 * period_s, (label, fault)
+        assert end[label] < ok["stream_time_s"] <= end[label] + 2 * period_s, (label, ok)
+    dead = events[4]
+    assert dead["details"]["channels"] == [1] and dead["score"] > dead["threshold"] == 20.0
+    idle = events[6]
+    assert idle["details"]["severity"] == "alarm" and idle["score"] < idle["threshold"]  # stop_is_alarm = true
+    assert events[0]["details"]["severity"] == "warning"
+    onset = events[8]
+    assert start["anomaly"] < onset["stream_time_s"] <= start["anomaly"] + 3 * period_s
+    # No period overlapping a sensor or idle stretch was decided anomalous; those inside were not decided.
+    for label in ("silence", "clipping", "dead_channel", "machine_off"):
+        overlapping = [p for p in periods if p["start_s"] < end[label] and p["end_s"] > start[label]]
+        assert overlapping and not any(p["decided"] and p["anomalous"] for p in overlapping), (label, overlapping)
+        inside = [p for p in overlapping if p["start_s"] >= start[label] + 0.5 and p["end_s"] <= end[label]]
+        assert inside and all(not p["decided"] and p["reason"] in ("sensor_fault", "machine_idle") for p in inside)
+    rows = sqlite3.connect(tmp_path / "checked" / "events.sqlite").execute("SELECT id, kind FROM events ORDER BY seq").fetchall()
+    assert rows == [(e["id"], e["kind"]) for e in events]
+
+    # The same stream without the two stages: the sensor faults and the stopped machine are alarms.
+    _, plain, _ = run_stream(tmp_path, bundle, tmp_path / "wavs", "unchecked",
+                             "[signal]\nenabled = false\n\n[machine]\nenabled = false\n")
+    first_onset = next(e for e in plain if e["kind"] == "onset")
+    assert first_onset["stream_time_s"] < start["anomaly"], plain
+
+
+# -- edge-asd score -----------------------------------------------------------------------------
+
+
+def test_score_quality_column_a_sensor_problem_is_never_an_anomaly(tmp_path):
+    from edge_asd.audio import read_wav, write_wav
+
+    bundle = copy_bundle(tmp_path)
+    normal, anomaly = machine_clips(tmp_path / "clips", ["normal", "anomaly"])
+    x = read_wav(normal)[0]
+    write_wav(tmp_path / "clips" / "002_silent.wav", np.zeros_like(x), SR)
+    write_wav(tmp_path / "clips" / "003_clipped.wav", np.clip(x * 20, -1, 1), SR)
+    write_wav(tmp_path / "clips" / "004_off.wav", noise(np.random.default_rng(4), x.shape[0], 1, -60), SR)
+    out = tmp_path / "scores.csv"
+    result = edge_asd("score", bundle, tmp_path / "clips", "--csv", out)
+    assert result.returncode == 0, result.stderr
+    rows = out.read_text().splitlines()
+    assert rows[0] == "file,score,decision,quality"
+    got = {r.split(",")[0].rsplit("_", 1)[-1][:-4]: (float(r.split(",")[1]), int(r.split(",")[2]), r.split(",")[3]) for r in rows[1:]}
+    assert got["normal"][1:] == (0, "ok") and got["anomaly"][1:] == (1, "ok")
+    assert got["silent"][1:] == (0, "silence") and got["clipped"][1:] == (0, "clipping")
+    assert got["off"][1:] == (0, "machine_idle")
+    # Each of them scores far above the threshold: without the quality check each was an anomaly.
+    for name in ("silent", "clipped", "off"):
+        assert got[name][0] > SEPARATING_THRESHOLD, got
+    assert "002_silent.wav: not decided: silence (a sensor problem, not the machine)" in result.stderr
+    assert "004_off.wav: not decided: machine_idle (the machine is off)" in result.stderr
