@@ -160,6 +160,11 @@ class MqttConfig:
     """Wait for a PUBACK this long before retrying the same event (same id), seconds."""
     flush_timeout_s: float = 5.0
     """At shutdown, try this long to deliver the outbox; the rest goes at the next start, seconds."""
+    discovery: bool = True
+    """Publish Home Assistant MQTT discovery configs (retained) on every connection; see
+    :mod:`edge_asd.mqtt_discovery`. The retained state topics are published either way."""
+    discovery_prefix: str = "homeassistant"
+    """Discovery topic prefix (Home Assistant's ``discovery_prefix``)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -168,6 +173,11 @@ class MqttConfig:
             raise ParameterError(f"mqtt.topic_prefix must be non-empty without '#' or '+', got {self.topic_prefix!r}")
         if self.password is not None and self.password_file is not None:
             raise ParameterError("mqtt.password and mqtt.password_file are exclusive; give one")
+        # Empty levels ("a//b", a leading or trailing '/') would put the configs where Home
+        # Assistant never looks; wildcards cannot be published to.
+        if not self.discovery_prefix or any(c in self.discovery_prefix for c in "#+") or "" in self.discovery_prefix.split("/"):
+            raise ParameterError("mqtt.discovery_prefix must be non-empty topic levels without '#', '+' or empty "
+                                 f"levels, got {self.discovery_prefix!r}")
         for key in ("keepalive_s", "publish_timeout_s", "flush_timeout_s"):
             if getattr(self, key) <= 0:
                 raise ParameterError(f"mqtt.{key} must be > 0, got {getattr(self, key)}")

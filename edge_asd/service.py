@@ -258,7 +258,8 @@ class Service:
     sinks
         Objects with ``emit(event)`` and ``close()``, called in order: the store first (an event
         is durable before anything else can fail), then stdout, then MQTT (which reads the
-        store's outbox).
+        store's outbox). A sink with ``on_period(result, threshold)`` also gets every closed
+        period (MQTT retains the last score).
     stdout
         The :class:`edge_asd.sinks.StdoutSink` (also receives period lines when configured).
     notifier
@@ -383,6 +384,10 @@ class Service:
                 "n_windows": result.n_windows, "anomalous": result.anomalous, "alarm": result.alarm, "decided": result.decided,
                 **({"reason": result.reason, "n_invalid": result.n_invalid} if not result.decided else {}),
             }, sort_keys=True, separators=(",", ":")))
+        # Before the period's event: a dashboard sees the score that raised an onset with it.
+        for sink in self.sinks:
+            if hasattr(sink, "on_period"):
+                sink.on_period(result, self.alarm.threshold)
         if result.event is None:
             return
         from edge_asd.alarm import EVENT_ONSET

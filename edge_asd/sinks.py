@@ -24,7 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, TextIO
 
+from edge_asd import __version__
 from edge_asd.errors import ConfigError, EdgeASDError
+from edge_asd.mqtt_discovery import (DeviceTopics, LiveState, apply_event, apply_period, discovery_messages,
+                                     state_messages)
 
 __all__ = ["Event", "Sink", "StdoutSink", "SQLiteStore", "MqttForwarder", "StoreError", "new_event_id"]
 
@@ -425,6 +428,11 @@ class MqttForwarder:
     Events are sent one at a time in order; one leaves the outbox only when its PUBACK arrives. A
     timeout or a lost connection sends it again with the same id (at-least-once delivery).
 
+    Beside the events it keeps the device's current state retained (``state``, ``anomaly``,
+    ``score`` topics, see :mod:`edge_asd.mqtt_discovery`), updated from the events it is given and
+    the periods passed to :meth:`on_period`, and publishes Home Assistant discovery configs when
+    ``config.discovery`` is set; both again on every (re)connection.
+
     Parameters
     ----------
     config
@@ -443,9 +451,12 @@ class MqttForwarder:
         self._mqtt = mqtt
         self.config = config
         self.store = store
-        self.topic = f"{config.topic_prefix}/{device_id}/events"
-        self.status_topic = f"{config.topic_prefix}/{device_id}/status"
+        self.topics = DeviceTopics(topic_prefix=config.topic_prefix, device_id=device_id)
+        self.topic = self.topics.events
+        self.status_topic = self.topics.status
         self.device_id = device_id
+        self._live_lock = threading.Lock()  # the live state, and the order its values are published in
+        self._live = self._initial_live_state()
         self.published = 0
         self._store_failure: str | None = None  # a store failure not yet published (broker away)
         self._stop = threading.Event()
@@ -485,6 +496,7 @@ class MqttForwarder:
             return
         log.info("MQTT connected to %s:%d", self.config.host, self.config.port)
         client.publish(self.status_topic, "online", qos=1, retain=True)
+        self._publish_conventions()
         if self._store_failure is not None:
             self.publish_store_failure(self._store_failure)
         self._wake.set()
@@ -501,8 +513,64 @@ class MqttForwarder:
         self._thread.start()
 
     def emit(self, event: Event) -> None:
-        """The event is already in the outbox (the store is emitted to first); just wake up."""
+        """The event is already in the outbox (the store is emitted to first): wake up the
+        forwarder, and show what the event changed on the retained state topics."""
         self._wake.set()
+        self._update_live(lambda live: apply_event(live, kind=event.kind, event_id=event.id, time_utc=event.time_utc,
+                                                   details=event.details))
+
+    def on_period(self, result: Any, threshold: float) -> None:
+        """A closed period (an :class:`edge_asd.alarm.PeriodResult`): retain its score, with the
+        threshold and the period's context as attributes."""
+        self._update_live(lambda live: apply_period(live, score=result.score, threshold=threshold, start_s=result.start_s,
+                                                    end_s=result.end_s, decided=result.decided,
+                                                    anomalous=result.anomalous, reason=result.reason))
+
+    def _initial_live_state(self) -> Any:
+        """``starting``, with the anomaly on if the store holds an alarm the service will resume."""
+        try:
+            open_alarm = self.store.open_alarm(self.device_id)
+        except StoreError as exc:
+            log.warning("MQTT: cannot tell whether an alarm is open (%s); the anomaly topic starts OFF", exc)
+            open_alarm = None
+        if open_alarm is None:
+            return LiveState()
+        return LiveState(anomaly=True, onset_id=open_alarm["onset_id"], anomaly_since_utc=open_alarm["time_utc"])
+
+    def _update_live(self, change: Any) -> None:
+        """Apply ``change`` to the live state and publish the state messages whose payload changed.
+
+        Under the lock from the change to the publication, as in :meth:`_publish_conventions`: the
+        broker then always sees the newer value of a topic last. Sent only while connected (QoS 0
+        is not queued by paho); after an outage the whole state goes out on reconnection."""
+        with self._live_lock:
+            before = {m.topic: m.payload for m in state_messages(self.topics, self._live)}
+            self._live = change(self._live)
+            if not self._client.is_connected():
+                return
+            try:
+                for message in state_messages(self.topics, self._live):
+                    if before.get(message.topic) != message.payload:
+                        self._client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
+            except (RuntimeError, ValueError, OSError) as exc:
+                # Called from the service's event path: a connection dropping mid-publish must not
+                # stop detection, and the next connection publishes the whole state again.
+                log.warning("MQTT: state update not published (%s); it goes out on reconnection", exc)
+
+    def _publish_conventions(self) -> None:
+        """On connection: the discovery configs (if enabled), then the whole current state.
+
+        Called from paho's thread in ``on_connect``; the configs come first so that Home Assistant
+        has subscribed to the state topics by the time their values arrive (they are retained
+        anyway)."""
+        messages = []
+        if self.config.discovery:
+            messages += discovery_messages(topics=self.topics, discovery_prefix=self.config.discovery_prefix,
+                                           sw_version=__version__)
+        with self._live_lock:
+            messages += state_messages(self.topics, self._live)
+            for message in messages:
+                self._client.publish(message.topic, message.payload, qos=message.qos, retain=message.retain)
 
     def publish_store_failure(self, message: str) -> None:
         """Publish a ``store_error`` event straight to the events topic (QoS 1, not waited for):
