@@ -132,6 +132,10 @@ def markdown(r: dict) -> str:
         f"| factory threshold | {r['target_factory_above']} of {r['n_target']} |",
         f"| enrolled on the other 9 target clips | {r['target_site_above']} of {r['n_target']} |",
         "",
+        f"Held-out target clip scores (in standard deviations of normal window scores, 0 = the normal mean the "
+        f"scaling was fitted on): mean {np.mean([h['factory_score'] for h in r['held_out']]):.3f} with the factory values, "
+        f"{np.mean([h['site_score'] for h in r['held_out']]):.3f} after enrollment.",
+        "",
         f"Factory bundle on the source test: AUC {st['auc']:.4f}; at the factory threshold {st['normal_above']} of "
         f"{st['n_normal']} normal and {st['anomaly_above']} of {st['n_anomaly']} anomalous clips above.",
         "",
@@ -144,11 +148,16 @@ def markdown(r: dict) -> str:
 
 
 @click.command()
+@click.option("--from-json", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Only rewrite the markdown from a finished run's JSON.")
 @click.option("--recipe", "recipe_name", default="short-conv-ae", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--epochs", type=int, default=None, help="Maximum epochs (default: the recipe's).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("/tmp/edge-asd-toycar-enroll"), show_default=True)
-def main(recipe_name: str, seed: int, epochs: int | None, out: Path) -> None:
+def main(from_json: Path | None, recipe_name: str, seed: int, epochs: int | None, out: Path) -> None:
+    if from_json is not None:
+        (RESULTS / f"{NAME}.md").write_text(markdown(json.loads(from_json.read_text())))
+        return
     if not DATA.is_dir():
         click.echo(f"skipped: {DATA} is absent (see ../shared/data/README.md)")
         return
