@@ -155,11 +155,50 @@ def run(models: list[str], feature_kinds: list[str], epochs: int, out: Path, see
             "epochs_run": len(result.history),
             "total_time_s": time.perf_counter() - t0,
             "int8_clip_scores": int8_clip_scores(out / "reports" / run_name, test),
+            **domain_fields(summary),
         }
         click.echo(json.dumps({k: v for k, v in row.items() if k != "int8_clip_scores"}), err=True)
         rows.append(row)
         write(rows, out, epochs, name)  # keep partial results if a later model fails
     return rows
+
+
+DOMAIN_COLUMNS = (("auc_source_int8", "AUC (source, int8)"), ("auc_target_int8", "AUC (target, int8)"),
+                  ("official_score_int8", "official score (int8)"))
+"""Per-domain row fields (DCASE 2022+ definitions, :mod:`trainer.metrics`) and their table headings."""
+
+
+def domain_fields(summary: dict) -> dict:
+    """A results row's per-domain figures from an evaluation summary (``evaluate_clips``'s
+    ``"domains"``): AUC (source), AUC (target) and the official score of the int8 and float models
+    over the sections, and ``domain_not_measurable`` (figure -> reason) for those the test clips
+    cannot give (ToyCar's source-only test set has no target-domain normal clips). Empty when the
+    clips carry no domains."""
+    domains = summary.get("domains") or {}
+    out: dict = {}
+    for m in ("int8", "float"):
+        if m in domains:
+            overall = domains[m]["overall"]
+            out.update({f"auc_source_{m}": overall["auc_source"], f"auc_target_{m}": overall["auc_target"],
+                        f"official_score_{m}": overall["score"]})
+            out.setdefault("domain_not_measurable", overall["not_measurable"])
+    return out
+
+
+def _domain_cell(row: dict, key: str) -> str:
+    # "n/m" (not measurable, the reason is under the table) differs from "—" (a row written before
+    # rows kept per-domain figures).
+    if key not in row:
+        return "—"
+    return "n/m" if row[key] is None else f"{row[key]:.4f}"
+
+
+def domain_notes(rows: list[dict]) -> list[str]:
+    """Lines under the table: why each ``n/m`` per-domain figure is not measurable (once per reason)."""
+    labels = {"auc_source": "AUC (source)", "auc_target": "AUC (target)", "score": "official score"}
+    seen = dict.fromkeys(f"- {labels[k]} not measurable: {why}" for r in rows
+                         for k, why in (r.get("domain_not_measurable") or {}).items() if k in labels)
+    return list(seen)
 
 
 def read_scores(csv_path: Path) -> dict[str, float]:
@@ -215,16 +254,18 @@ def table(rows: list[dict]) -> str:
     seeds = several_seeds(rows)
     lines = [
         "| model | features | frames |" + (" seed |" if seeds else "") + " AUC (float) | pAUC (float) | AUC (int8) | pAUC (int8) | "
-        "int8 − float AUC | int8 KB | train s | epochs |",
-        "|---|---|---|" + ("---|" if seeds else "") + "---|---|---|---|---|---|---|---|",
+        "int8 − float AUC | int8 KB | train s | epochs |" + "".join(f" {label} |" for _, label in DOMAIN_COLUMNS),
+        "|---|---|---|" + ("---|" if seeds else "") + "---|---|---|---|---|---|---|---|" + "---|" * len(DOMAIN_COLUMNS),
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['features']} | {frames_label(r.get('feature_config'))} |" + (f" {r['seed']} |" if seeds else "")
             + f" {r['auc_float']:.4f} | {r['pauc_float']:.4f} | {r['auc_int8']:.4f} | "
             f"{r['pauc_int8']:.4f} | {_signed(r['auc_int8_minus_float'])} | {r['int8_kb']:.1f} | {r['train_time_s']:.0f} | {r['epochs_run']} |"
+            + "".join(f" {_domain_cell(r, key)} |" for key, _ in DOMAIN_COLUMNS)
         )
-    return "\n".join(lines)
+    notes = domain_notes(rows)
+    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 def by_model(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
@@ -313,7 +354,9 @@ def write(rows: list[dict], out: Path, epochs: int, name: str = "toycar") -> Non
         "# ToyCar (DCASE 2023 dev, section 00, source test 50 + 50)\n\n"
         "Clip score = mean window score through the device runtime (LiteRT). pAUC: DCASE definition, FPR ≤ 0.1. "
         "Frames: n_fft / hop_length / mel bands at 16 kHz. Features `dcase`: the DCASE reference system, dense-ae "
-        "on log-Mel with DCASE's frames.\n\n"
+        "on log-Mel with DCASE's frames. AUC (source/target): DCASE 2022+ definition (that domain's normal clips "
+        "against the anomalous clips of both domains); official score: harmonic mean of AUC (source), AUC (target) "
+        "and pAUC; n/m = not measurable on this test set (reasons under the table).\n\n"
         + table(rows) + "\n" + note
     )
 

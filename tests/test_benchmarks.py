@@ -179,3 +179,30 @@ def test_toycar_front_end_and_training_windows():
     assert frames_label(reference.to_dict()) == "1024/512/64" and frames_label(None) == "—"
     assert "| dense-ae | logmel | 1024/512/64 | 0.7020 |" in table([row])
     assert (p_text(0.34), p_text(0.004)) == ("0.34", "4e-03")
+
+
+def test_toycar_rows_carry_per_domain_figures(tmp_path):
+    import numpy as np
+
+    from benchmarks.toycar import domain_fields, table
+    from trainer.datasets import Clip
+    from trainer.evaluate import domain_summary
+
+    # ToyCar's test set as the benchmark uses it: the source domain only.
+    clips = [Clip(path=tmp_path / f"{k}.wav", machine="ToyCar", id="section_00", domain="source",
+                  label="anomaly" if k >= 3 else "normal") for k in range(6)]
+    y = np.array([c.is_anomaly for c in clips], dtype=int)
+    summary = {"domains": domain_summary(clips, y, {"int8": np.array([0.1, 0.2, 0.5, 0.4, 0.8, 0.9]),
+                                                    "float": np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])})}
+    fields = domain_fields(summary)
+    assert fields["auc_source_int8"] == pytest.approx(8 / 9) and fields["auc_source_float"] == 1.0
+    assert fields["auc_target_int8"] is None and fields["official_score_int8"] is None
+    assert fields["domain_not_measurable"]["auc_target"] == "ToyCar/section_00: no target-domain normal clips"
+    assert domain_fields({}) == {}  # clips without domains: nothing added
+    new = {**_toycar_row("conv-ae", 0, 0.8889), **fields}
+    old = _toycar_row("dense-ae", 0, 0.7)  # a row from before per-domain figures
+    lines = table([old, new]).splitlines()
+    assert lines[0].endswith("| AUC (source, int8) | AUC (target, int8) | official score (int8) |")
+    assert lines[2].endswith("| — | — | — |") and lines[3].endswith("| 0.8889 | n/m | n/m |")
+    assert "- AUC (target) not measurable: ToyCar/section_00: no target-domain normal clips" in lines
+    assert all(line.count("|") == lines[0].count("|") for line in lines[:4])

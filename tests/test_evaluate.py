@@ -96,3 +96,57 @@ def test_evaluate_reports_parity_and_stores_metrics(tiny_bundle, tiny_wavs, tmp_
     assert json.loads((tmp_path / "report" / "evaluation.json").read_text())["auc_int8"] == summary["auc_int8"]
     assert "int8 − float" in (tmp_path / "report" / "evaluation.md").read_text()
     assert read_bundle(bundle).metrics["evaluation"]["auc_int8"] == summary["auc_int8"]
+
+
+def _dcase_clips(tmp_path):
+    """Two sections of fake DCASE clips (no audio needed: domain_summary works on scores)."""
+    spec = {"section_00": [("source", "normal"), ("source", "normal"), ("source", "anomaly"), ("target", "normal"),
+                           ("target", "anomaly")],
+            "section_01": [("source", "normal"), ("source", "anomaly"), ("source", "anomaly")]}  # no target clips
+    return [Clip(path=tmp_path / f"{sec}_{k}.wav", machine="ToyCar", id=sec, domain=d, label=lab)
+            for sec, clips in spec.items() for k, (d, lab) in enumerate(clips)]
+
+
+def test_domain_summary_and_markdown(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from trainer.evaluate import domain_summary, markdown_summary
+
+    clips = _dcase_clips(tmp_path)
+    y = np.array([c.is_anomaly for c in clips], dtype=int)
+    scores = {"int8": np.array([0.1, 0.5, 0.4, 0.3, 0.9, 0.2, 0.6, 0.1]), "float": np.array([0.1, 0.2, 0.4, 0.3, 0.9, 0.2, 0.6, 0.7])}
+    d = domain_summary(clips, y, scores)
+    s0 = d["int8"]["sections"]["ToyCar/section_00"]
+    # source normals 0.1 0.5 against both anomalies 0.4 0.9 (sklearn on that subset); target normal 0.3 likewise
+    assert s0["auc_source"] == roc_auc_score([0, 0, 1, 1], [0.1, 0.5, 0.4, 0.9]) == 0.75
+    assert s0["auc_target"] == roc_auc_score([0, 1, 1], [0.3, 0.4, 0.9]) == 1.0
+    assert s0["auc_source_within"] == roc_auc_score([0, 0, 1], [0.1, 0.5, 0.4]) == 0.5
+    s1 = d["int8"]["sections"]["ToyCar/section_01"]
+    assert s1["auc_target"] is None and s1["not_measurable"]["auc_target"] == "no target-domain normal clips"
+    assert d["int8"]["overall"]["score"] is None and d["float"]["overall"]["auc_source"] == pytest.approx((1.0 + 1.0) / 2)
+    json.dumps(d, allow_nan=False)
+    md = markdown_summary({"title": "t", "model": "conv-ae", "features": "logmel", "n_test": {"normal": 4, "anomaly": 4},
+                           "auc_int8": 0.7, "pauc_int8": 0.6, "domains": d})
+    assert "| int8 | ToyCar/section_00 | 0.7500 | 1.0000 |" in md
+    assert "| int8 | all sections | 0.6250 | n/a |" in md  # (0.75 + 0.5) / 2: section_01 ranks 0.1 below its normal 0.2
+    assert "- ToyCar/section_01: AUC (target) not measurable: no target-domain normal clips" in md
+    assert "nan" not in md.lower()
+
+
+def test_evaluate_reports_domains_of_dcase_clips(tiny_bundle, tiny_wavs, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    # A source-only DCASE test set, like our ToyCar copy.
+    clips = [Clip(path=p, machine="toy", id="section_00", domain="source", label=lab)
+             for lab in ("normal", "anomaly") for p in tiny_wavs[lab]]
+    summary = evaluate_clips(bundle, clips, tmp_path / "report", protocol="dcase", cache_dir=tmp_path / "c", progress=False,
+                             plots=False, store_in_bundle=False)
+    overall = summary["domains"]["int8"]["overall"]
+    # source normals against every anomaly = all clips here: the plain AUC
+    assert overall["auc_source"] == summary["auc_int8"] and overall["pauc"] == summary["pauc_int8"]
+    assert overall["auc_target"] is None and overall["score"] is None
+    md = (tmp_path / "report" / "evaluation.md").read_text()
+    assert "- toy/section_00: AUC (target) not measurable: no target-domain normal clips" in md
+    assert json.loads((tmp_path / "report" / "evaluation.json").read_text())["domains"]["float"]["overall"]["auc_target"] is None
+    report_md = (tmp_path / "report" / "report.md").read_text()
+    assert "DCASE official score: not measurable (toy/section_00: needs AUC (target)" in report_md

@@ -221,3 +221,95 @@ def test_auc_difference_input_errors() -> None:
         M.auc_difference([1, 1], [0.1, 0.2], [0.3, 0.4])
     with pytest.raises(ParameterError, match="confidence"):
         M.auc_difference([0, 1], [0.1, 0.2], [0.3, 0.4], confidence=95)
+
+
+# --- DCASE 2021-2024 domains -------------------------------------------------------------------
+# One section, both domains: source normals 0.1 0.3 0.5, source anomalies 0.4 0.9,
+# target normals 0.6 0.7 0.2, target anomalies 0.8 0.35.
+DOM_Y = np.array([0, 0, 0, 1, 1, 0, 0, 0, 1, 1])
+DOM_D = np.array(["source"] * 5 + ["target"] * 5)
+DOM_S = np.array([0.1, 0.3, 0.5, 0.4, 0.9, 0.6, 0.7, 0.2, 0.8, 0.35])
+
+
+def test_domain_metrics_hand_case_with_both_domains() -> None:
+    m = M.domain_metrics(DOM_Y, DOM_S, DOM_D)
+    # AUC (source): 3 source normals x 4 anomalies of both domains; 0.4 and 0.35 beat 2 each, 0.9 and 0.8 beat 3
+    assert m.auc_source == pytest.approx(10 / 12)
+    # AUC (target): target normals 0.6 0.7 0.2; 0.4 and 0.35 beat only 0.2, 0.9 and 0.8 beat all three
+    assert m.auc_target == pytest.approx(8 / 12)
+    # within-domain: source 0.4 -> 2, 0.9 -> 3 of 6 pairs; target 0.8 -> 3, 0.35 -> 1 of 6
+    assert m.auc_source_within == pytest.approx(5 / 6) and m.auc_target_within == pytest.approx(4 / 6)
+    # pAUC over all 10 clips: the two top scores are anomalies, then a normal at FPR 1/6 > 0.1, so TPR
+    # is 0.5 over FPR [0, 0.1]: raw area 0.05, McClish-standardised 0.7368...
+    assert m.pauc == pytest.approx(mcclish(0.5))
+    assert m.score == pytest.approx(3 / (12 / 10 + 12 / 8 + 1 / mcclish(0.5)))
+    assert m.counts == {"source_normal": 3, "source_anomaly": 2, "target_normal": 3, "target_anomaly": 2}
+    assert m.not_measurable == {}
+
+
+def test_domain_metrics_agree_with_sklearn_on_the_selected_subsets() -> None:
+    rng = np.random.default_rng(11)
+    for _ in range(10):
+        n = 60
+        y = rng.random(n) < 0.4
+        d = np.where(rng.random(n) < 0.5, "source", "target")
+        y[:4], d[:4] = [False, True, False, True], ["source", "source", "target", "target"]
+        s = np.round(rng.normal(size=n) + y * 1.0 + (d == "target") * 0.5, 1)  # ties and a domain shift
+        m = M.domain_metrics(y, s, d)
+        for dom in ("source", "target"):
+            shared = (d == dom) | y  # this domain's normals, every anomaly
+            assert getattr(m, f"auc_{dom}") == roc_auc_score(y[shared], s[shared])
+            assert getattr(m, f"auc_{dom}_within") == roc_auc_score(y[d == dom], s[d == dom])
+        assert m.pauc == roc_auc_score(y, s, max_fpr=0.1)
+        assert m.score == pytest.approx(scipy.stats.hmean([m.auc_source, m.auc_target, m.pauc]))
+
+
+def test_section_average_is_the_dcase_harmonic_mean_over_sections() -> None:
+    a = M.domain_metrics(DOM_Y, DOM_S, DOM_D)
+    b = M.domain_metrics(DOM_Y, DOM_S + np.where(DOM_Y == 1, 0.3, 0.0), DOM_D)  # anomalies louder
+    assert a.score != pytest.approx(b.score)  # two different sections, else the test proves nothing
+    avg = M.section_average({"ToyCar/section_00": a, "ToyCar/section_01": b})
+    pooled = [a.auc_source, b.auc_source, a.auc_target, b.auc_target, a.pauc, b.pauc]
+    assert avg.score == pytest.approx(scipy.stats.hmean(pooled))
+    # three values per section: the pooled harmonic mean is the harmonic mean of the section scores
+    assert avg.score == pytest.approx(scipy.stats.hmean([a.score, b.score]))
+    assert avg.score != pytest.approx(np.mean(pooled))
+    assert avg.auc_source == pytest.approx((a.auc_source + b.auc_source) / 2)
+    assert avg.auc_target_within == pytest.approx((a.auc_target_within + b.auc_target_within) / 2)
+    assert avg.n_sections == 2 and avg.not_measurable == {}
+
+
+def test_domain_metrics_not_measurable_cases() -> None:
+    import json
+
+    # Source-only test set (our ToyCar copy): AUC (source) is the plain AUC, target and score are not measurable.
+    y, s = np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.5, 0.9])
+    m = M.domain_metrics(y, s, ["source"] * 4)
+    assert m.auc_source == m.auc_source_within == roc_auc_score(y, s) == 0.75
+    assert m.auc_target is None and m.auc_target_within is None and m.score is None
+    assert m.not_measurable["auc_target"] == "no target-domain normal clips"
+    assert "AUC (target)" in m.not_measurable["score"] and "no target-domain normal clips" in m.not_measurable["score"]
+    assert set(m.not_measurable) == {"auc_target", "auc_target_within", "score"}
+    # Target normals without target anomalies: AUC (target) uses the source anomalies; within-target cannot.
+    t = M.domain_metrics([0, 1, 0, 0], [0.1, 0.9, 0.92, 0.95], ["source", "source", "target", "target"])
+    assert t.auc_target == 0.0 and t.auc_source == 1.0
+    assert t.not_measurable == {"auc_target_within": "no target-domain anomalous clips"}
+    assert t.score == pytest.approx(0.0, abs=1e-12)  # an AUC of 0 is floored at epsilon, not an error
+    # No anomalies at all
+    n = M.domain_metrics([0, 0], [0.1, 0.2], ["source", "target"])
+    assert n.pauc is None and n.not_measurable["pauc"] == "no anomalous clips"
+    assert n.not_measurable["auc_source"] == "no anomalous clips in either domain"
+    # A clip without a domain: no domain figure, pAUC still over every clip
+    u = M.domain_metrics([0, 1, 0], [0.1, 0.9, 0.2], ["source", "source", None])
+    assert u.auc_source is None and u.not_measurable["auc_source"] == "1 of 3 clips carry no domain"
+    assert u.pauc == 1.0 and u.counts["no_domain"] == 1
+    # Over sections: one section without target normals makes the official score unmeasurable, named.
+    avg = M.section_average({"ToyCar/section_00": M.domain_metrics(DOM_Y, DOM_S, DOM_D), "ToyCar/section_01": m})
+    assert avg.score is None and avg.auc_target is None and avg.auc_source is not None
+    assert avg.not_measurable["auc_target"] == "ToyCar/section_01: no target-domain normal clips"
+    # JSON never carries NaN
+    json.dumps([m.to_dict(), avg.to_dict(), n.to_dict()], allow_nan=False)
+    with pytest.raises(ParameterError, match="domains must be"):
+        M.domain_metrics([0, 1], [0.1, 0.2], ["source", "src"])
+    with pytest.raises(ParameterError, match="at least one section"):
+        M.section_average({})

@@ -132,9 +132,92 @@ def test_dcase_sections_domains_and_unknown_clips(tmp_path: Path) -> None:
     scores = read_rows(tmp_path / "out" / "score" / "anomaly_score_ToyCar_section_00_test.csv")
     assert len(scores) == 7 and ["eval.wav", "5.0"] in scores
     result = read_rows(tmp_path / "out" / "score" / "result.csv")
-    assert result[1] == ["section", "AUC", "pAUC", "AUC (source)", "AUC (target)"]
-    assert result[2][0] == "section_00" and float(result[2][3]) == 1.0
+    assert result[1] == ["section", "AUC", "pAUC", "AUC (source)", "AUC (target)", "AUC (source, within)",
+                         "AUC (target, within)", "official score"]
+    assert result[2][0] == "section_00" and float(result[2][3]) == 1.0 and float(result[2][4]) == 0.5
+    # within-domain: source normals 0.1 0.2 < source anomaly 0.5; target normals 0.7 0.8 < target anomaly 0.9
+    assert float(result[2][5]) == 1.0 and float(result[2][6]) == 1.0
+    assert float(result[2][7]) == pytest.approx(official)  # one section: its score is the official score
+    assert result[-1] == ["official score", repr(official)]
+    assert group.domains is not None and group.domains.not_measurable == {}
     assert not (tmp_path / "out" / "plots").exists()
+
+
+def _dcase_rows(root: Path, section: str, clips: list[tuple[str, str, float]]) -> list[dict]:
+    return [{"clip": Clip(path=root / f"{section}_{k}.wav", machine="ToyCar", id=section, domain=d, split="test", label=lab),
+             "score": s} for k, (d, lab, s) in enumerate(clips)]
+
+
+def test_dcase_official_score_over_sections_and_not_measurable_reasons(tmp_path: Path) -> None:
+    both = [("source", "normal", 0.1), ("source", "normal", 0.4), ("source", "anomaly", 0.3), ("target", "normal", 0.6),
+            ("target", "normal", 0.2), ("target", "anomaly", 0.9), ("target", "anomaly", 0.5)]
+    source_only = [("source", "normal", 0.2), ("source", "normal", 0.7), ("source", "anomaly", 0.5), ("source", "anomaly", 0.8)]
+    rows = _dcase_rows(tmp_path, "section_00", both) + _dcase_rows(tmp_path, "section_01", both[:3] + [("target", "normal", 0.95)] + both[4:])
+
+    def sk(clips, keep):
+        """sklearn on the clips a definition selects: independent of trainer.metrics."""
+        sel = [(lab == "anomaly", s) for d, lab, s in clips if keep(d, lab)]
+        return roc_auc_score([a for a, _ in sel], [s for _, s in sel])
+
+    col = evaluate_rows(rows)
+    sections = [both, both[:3] + [("target", "normal", 0.95)] + both[4:]]
+    values = []
+    for g, clips in zip(col.groups, sections):
+        src = sk(clips, lambda d, lab: d == "source" or lab == "anomaly")
+        tgt = sk(clips, lambda d, lab: d == "target" or lab == "anomaly")
+        pa = roc_auc_score([lab == "anomaly" for _, lab, _ in clips], [s for *_, s in clips], max_fpr=0.1)
+        assert (g.domains.auc_source, g.domains.auc_target, g.domains.pauc) == pytest.approx((src, tgt, pa))
+        assert g.domains.auc_target_within == pytest.approx(sk(clips, lambda d, lab: d == "target"))
+        assert g.domains.score == pytest.approx(3 / (1 / src + 1 / tgt + 1 / pa))
+        values += [src, tgt, pa]
+    assert col.groups[0].domains.auc_target != pytest.approx(col.groups[1].domains.auc_target)  # the sections differ
+    # official score: harmonic mean of the six values pooled (DCASE 2023 evaluator), not a mean of means
+    assert col.dcase2023_official_score == pytest.approx(len(values) / sum(1 / v for v in values))
+    assert col.dcase_by_machine["ToyCar"].auc_source == pytest.approx((values[0] + values[3]) / 2)
+
+    # A third section tested on the source domain only (our ToyCar copy): no target AUC, no official score.
+    rows += _dcase_rows(tmp_path, "section_02", source_only)
+    write_report(rows, tmp_path / "out", title="dcase", plots=False)
+    data = json.loads((tmp_path / "out" / "summary.json").read_text())
+    column = data["columns"]["score"]
+    assert column["dcase2023_official_score"] is None
+    assert column["dcase_overall"]["not_measurable"]["score"].startswith(
+        "ToyCar/section_02: needs AUC (target) (no target-domain normal clips)")
+    g2 = column["groups"][2]["domains"]
+    assert g2["auc_source"] == roc_auc_score([0, 0, 1, 1], [0.2, 0.7, 0.5, 0.8]) and g2["auc_target"] is None
+    result = read_rows(tmp_path / "out" / "score" / "result.csv")
+    assert result[4][:5] == ["section_02", "0.75", repr(g2["pauc"]), "0.75", ""]
+    assert result[5][0] == "Average" and result[5][4] == ""  # no mean over the sections that happen to have it
+    assert result[-1][:2] == ["official score", ""] and "no target-domain normal clips" in result[-1][2]
+    md = (tmp_path / "out" / "report.md").read_text()
+    # columns: AUC, pAUC, AUC (source), AUC (target), within source, within target, score
+    assert f"| ToyCar | section_02 | n/a | 2 | 2 | 0.750 | {g2['pauc']:.3f} | 0.750 | n/a | 0.750 | n/a | n/a |" in md
+    assert "- ToyCar/section_02: AUC (target) not measurable: no target-domain normal clips" in md
+    assert "DCASE official score: not measurable (ToyCar/section_02" in md
+    assert "nan" not in md.lower() and "nan" not in (tmp_path / "out" / "score" / "result.csv").read_text().lower()
+
+
+DCASE2023_TOYCAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "dcase2023-toycar"
+
+
+def test_real_dcase2023_toycar_clips_carry_domains() -> None:
+    """Reader level: the clips of our DCASE 2023 ToyCar copy carry the domain the metrics need."""
+    if not DCASE2023_TOYCAR.is_dir():
+        pytest.skip(f"{DCASE2023_TOYCAR} is absent (see ../shared/data/README.md): no real DCASE 2023 clips to read")
+    from trainer.datasets import read_dataset
+    from trainer.metrics import domain_metrics
+
+    test = [c for c in read_dataset(DCASE2023_TOYCAR, layout="auto") if c.split == "test"]
+    assert test and all(c.domain in ("source", "target") and c.id == "section_00" for c in test)
+    counts = {(d, lab): sum(c.domain == d and c.label == lab for c in test) for d in ("source", "target") for lab in ("normal", "anomaly")}
+    assert counts[("source", "normal")] > 0 and counts[("source", "anomaly")] > 0
+    # Scores from the file name's own label: the point is which figures the domains allow, not a model.
+    m = domain_metrics([c.is_anomaly for c in test], [float(c.is_anomaly) for c in test], [c.domain for c in test])
+    assert m.auc_source == 1.0
+    if counts[("target", "normal")] == 0:  # our copy: the source test set only
+        assert m.auc_target is None and m.not_measurable["auc_target"] == "no target-domain normal clips" and m.score is None
+    else:
+        assert m.score == 1.0
 
 
 def test_single_class_groups_report_na(tmp_path: Path) -> None:

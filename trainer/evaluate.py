@@ -23,9 +23,10 @@ from edge_asd.detector import Detector, window_view
 from edge_asd.errors import ParameterError
 from trainer.datasets import Clip, attribute_group
 from trainer.features_cache import clip_features, default_cache_dir
-from trainer.metrics import auc, pauc
+from trainer.metrics import DOMAIN_METRIC_LABELS, DOMAIN_METRICS, auc, domain_metrics, pauc, section_average
 
-__all__ = ["MODELS", "class_label_for", "score_clips", "keras_window_scores", "parity", "evaluate_clips", "markdown_summary"]
+__all__ = ["MODELS", "class_label_for", "score_clips", "keras_window_scores", "parity", "domain_summary", "evaluate_clips",
+           "markdown_summary"]
 
 MODELS = ("int8", "float")
 
@@ -119,6 +120,25 @@ def parity(y_true: np.ndarray, scores: Mapping[str, np.ndarray]) -> dict[str, An
     return res
 
 
+def domain_summary(clips: Sequence[Clip], y: np.ndarray, scores: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """DCASE 2021-2024 domain metrics of every model, per section and over the sections.
+
+    Returns ``{model: {"sections": {"<machine>/<section>": DomainMetrics dict}, "overall":
+    SectionAverage dict}}`` (see :func:`trainer.metrics.domain_metrics`): AUC (source), AUC
+    (target), pAUC, the official harmonic-mean score, the within-domain AUCs, and for each figure
+    the clips cannot support, ``None`` with the reason under ``not_measurable``.
+    """
+    sections: dict[str, list[int]] = {}
+    for i, c in enumerate(clips):
+        sections.setdefault(f"{c.machine}/{c.id}" if c.id else c.machine, []).append(i)
+    domains = np.array([c.domain for c in clips], dtype=object)
+    out: dict[str, Any] = {}
+    for m, s in scores.items():
+        per = {name: domain_metrics(y[idx], s[idx], domains[idx]) for name, idx in sections.items()}
+        out[m] = {"sections": {k: v.to_dict() for k, v in per.items()}, "overall": section_average(per).to_dict()}
+    return out
+
+
 def evaluate_clips(
     bundle_path: str | os.PathLike,
     clips: Sequence[Clip],
@@ -140,7 +160,9 @@ def evaluate_clips(
     get what can be measured without anomalies: the held-out normal score distribution and the
     false alarms to expect at the bundle's threshold (:func:`normal_score_summary`); AUC and pAUC
     are added when anomalous clips exist. ``recipe_selection`` (from ``--recipe auto``) goes into
-    the summary and the markdown.
+    the summary and the markdown. Clips with DCASE domains add ``summary["domains"]``
+    (:func:`domain_summary`: AUC (source), AUC (target), pAUC, the official score, within-domain
+    AUCs, and the reason for each figure the test set cannot give) and its table in the markdown.
 
     ``class_label`` maps a clip to its class for ``neg_log_prob`` bundles; it must be the function
     the labels were made with at training (default :func:`trainer.datasets.attribute_group`).
@@ -194,6 +216,8 @@ def evaluate_clips(
         if yy.min() != yy.max():
             per_group[g] = {m: float(auc(yy, s[idx])) for m, s in scores.items()}
     summary["per_group_auc"] = per_group
+    if any(c.domain for c in labelled):  # DCASE 2021-2024 clips: per-domain AUCs and the official score
+        summary["domains"] = domain_summary(labelled, y, scores)
     if y.max() == 0:  # no anomalies: no ROC, no DCASE result table; the scores and the summary are the report
         summary["report"] = _write_normal_scores(labelled, scores, out)
         _finish(summary, out, bundle, store_in_bundle)
@@ -298,6 +322,36 @@ def _write_dcase_report(
     return write_report(rows, out, title=title, score_columns=score_columns, plots=plots).to_dict()
 
 
+def _cell(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def domain_markdown(domains: Mapping[str, Any]) -> list[str]:
+    """Markdown lines of :func:`domain_summary`'s result: one row per model and section (and over
+    the sections when there are several), then why each ``n/a`` is not measurable."""
+    lines = ["| model | section | " + " | ".join(DOMAIN_METRIC_LABELS[k] for k in DOMAIN_METRICS) + " |",
+             "|---|---|" + "---|" * len(DOMAIN_METRICS)]
+    for m in ("float", "int8", "keras"):
+        if m not in domains:
+            continue
+        entries = list(domains[m]["sections"].items())
+        if len(entries) > 1:
+            entries.append(("all sections", domains[m]["overall"]))
+        for name, d in entries:
+            lines.append(f"| {m} | {name} | " + " | ".join(_cell(d[k]) for k in DOMAIN_METRICS) + " |")
+    lines += ["", "AUC (source/target): that domain's normal clips against the anomalous clips of both domains "
+              "(DCASE 2022+); within: against that domain's anomalies only (DCASE 2021); pAUC over all clips of the "
+              "section; official score: harmonic mean of AUC (source), AUC (target) and pAUC, over sections the harmonic "
+              "mean of every section's three values."]
+    # The reasons depend on which clips exist, not on the model: list them once.
+    first = next(iter(domains.values()))
+    for name, d in first["sections"].items():
+        for k, why in d["not_measurable"].items():
+            lines.append(f"- {name}: {DOMAIN_METRIC_LABELS[k]} not measurable: {why}")
+    lines.append("")
+    return lines
+
+
 def markdown_summary(summary: Mapping[str, Any]) -> str:
     """The parity table in markdown."""
     lines = [
@@ -320,6 +374,8 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
             f"| **int8 − float** | {summary['auc_int8_minus_float']:+.4f} | {summary['pauc_int8_minus_float']:+.4f} |"
         )
     lines += ["", f"int8 model: {summary.get('int8_size_bytes', 0) / 1024:.1f} KB", ""]
+    if summary.get("domains"):
+        lines += domain_markdown(summary["domains"])
     ns = summary.get("normal_scores")
     if ns and ns.get("n_clips"):
         upper = int(CONFIDENCE * 100)

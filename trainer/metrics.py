@@ -19,6 +19,16 @@ The DCASE task-description papers instead *write* pAUC as the raw partial area d
 curve interpolated linearly at ``FPR = max_fpr`` (the same interpolation scikit-learn uses before
 standardising). The two are related exactly by
 ``dcase = 0.5 * (1 + (raw * max_fpr - max_fpr**2 / 2) / (max_fpr - max_fpr**2 / 2))``.
+
+Domains (DCASE 2021-2024)
+-------------------------
+Definitions as in the DCASE 2022-2024 evaluators (read in ``nttcslab/dcase2023_task2_evaluator``):
+per section, AUC (source) = source-domain normal clips against the anomalous clips of *both*
+domains, AUC (target) likewise with target normals, pAUC over every clip of the section, and the
+official score = harmonic mean over all sections' AUC (source), AUC (target) and pAUC pooled, each
+floored at machine epsilon (:func:`domain_metrics`, :func:`section_average`). DCASE 2021 instead
+scored each domain on its own normals and anomalies; that within-domain AUC is reported beside
+(:func:`within_domain_auc`). A metric whose clips are missing is ``None`` with a reason, never NaN.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import scipy.stats
@@ -38,16 +48,21 @@ from edge_asd.errors import ParameterError
 __all__ = [
     "MAX_FPR",
     "AucDifference",
+    "DomainMetrics",
+    "SectionAverage",
     "ThresholdMetrics",
     "auc",
     "auc_difference",
     "dcase2023_official_score",
     "domain_auc",
+    "domain_metrics",
     "false_alarms_per_hour",
     "mauc",
     "pauc",
     "per_group_auc",
+    "section_average",
     "threshold_metrics",
+    "within_domain_auc",
     "youden_threshold",
 ]
 
@@ -273,6 +288,203 @@ def dcase2023_official_score(
     if not np.all((values >= 0) & (values <= 1)):
         raise ParameterError("AUC and pAUC values must lie in [0, 1]")
     return float(scipy.stats.hmean(np.maximum(values, _EPS)))
+
+
+# ---------------------------------------------------------------------------------------------
+# DCASE 2021-2024: sections with a source and a target domain
+# ---------------------------------------------------------------------------------------------
+
+DOMAINS = ("source", "target")
+"""The two domains of a DCASE 2021-2024 section."""
+
+DOMAIN_METRICS = ("auc_source", "auc_target", "pauc", "score", "auc_source_within", "auc_target_within")
+"""The fields of :class:`DomainMetrics` and :class:`SectionAverage` that hold a metric (or ``None``)."""
+
+DOMAIN_METRIC_LABELS = {
+    "auc_source": "AUC (source)",
+    "auc_target": "AUC (target)",
+    "pauc": "pAUC",
+    "score": "official score",
+    "auc_source_within": "AUC (source, within)",
+    "auc_target_within": "AUC (target, within)",
+}
+"""Human names of :data:`DOMAIN_METRICS`, as tables print them."""
+
+
+def _domains_of(domains: ArrayLike, y: np.ndarray) -> np.ndarray:
+    """Domains as a str array ("" for a clip without one), the same length as ``y``."""
+    d = np.array(["" if v is None else str(v) for v in np.asarray(domains, dtype=object).ravel()], dtype=object)
+    if d.shape != y.shape:
+        raise ParameterError(f"domains must have the same length as y_true, got {d.shape} and {y.shape}")
+    bad = sorted(set(d.tolist()) - {"", *DOMAINS})
+    if bad:
+        raise ParameterError(f"domains must be 'source', 'target' or None, got {bad}")
+    return d
+
+
+def within_domain_auc(y_true: ArrayLike, y_score: ArrayLike, domains: ArrayLike, domain: str) -> float:
+    """AUC of one domain's normal clips against *that domain's* anomalous clips only.
+
+    This is DCASE 2021's per-domain AUC (its evaluator scored source and target test sets
+    separately) and what this project reported before the DCASE 2022+ rule; it is kept beside
+    :func:`domain_auc` because the two answer different questions: "does the detector separate
+    this domain's faults" against "does one threshold work for this domain's normal sound against
+    every fault".
+    """
+    y, s = _labels_scores(y_true, y_score, need_both=False)
+    d = _domains_of(domains, y)
+    return auc(y[d == domain], s[d == domain])
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainMetrics:
+    """The DCASE 2021-2024 metrics of one section (one machine type and section, both domains).
+
+    A metric that cannot be measured on these clips is ``None`` and :attr:`not_measurable` gives
+    the reason under the field's name, so that no table ever shows NaN.
+    """
+
+    counts: Mapping[str, int]
+    """Clips per ``"<domain>_<normal|anomaly>"`` (and ``"no_domain"`` for clips without one)."""
+    auc_source: float | None
+    """DCASE 2022+ rule: source-domain normal clips against the anomalous clips of both domains."""
+    auc_target: float | None
+    """Target-domain normal clips against the anomalous clips of both domains."""
+    pauc: float | None
+    """pAUC (max FPR 0.1, :func:`pauc`'s DCASE definition) over every clip of the section."""
+    score: float | None
+    """Harmonic mean of ``auc_source``, ``auc_target`` and ``pauc``; only when all three exist."""
+    auc_source_within: float | None
+    """Source normals against source anomalies only (:func:`within_domain_auc`)."""
+    auc_target_within: float | None
+    """Target normals against target anomalies only."""
+    not_measurable: Mapping[str, str]
+    """Field name -> why it is ``None``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: every metric (``None`` when not measurable), the counts and the reasons."""
+        return {**{k: getattr(self, k) for k in DOMAIN_METRICS}, "counts": dict(self.counts),
+                "not_measurable": dict(self.not_measurable)}
+
+
+def _hmean(values: Sequence[float]) -> float:
+    # Floored at machine epsilon like the DCASE 2023/2024 evaluators, so one AUC of 0 gives a score
+    # near 0 rather than a division error.
+    return float(scipy.stats.hmean(np.maximum(np.asarray(values, dtype=np.float64), _EPS)))
+
+
+def domain_metrics(y_true: ArrayLike, y_score: ArrayLike, domains: ArrayLike) -> DomainMetrics:
+    """AUC (source), AUC (target), pAUC, their harmonic mean and the within-domain AUCs of one section.
+
+    Definitions (DCASE 2022-2024 Task 2 evaluators, ``dcase2023_task2_evaluator.py``): AUC for a
+    domain keeps that domain's normal clips and the anomalous clips of *both* domains, because a
+    domain-generalisation system gets one threshold for both domains; pAUC is computed once over all
+    clips of the section; the section's score is the harmonic mean of the three.
+
+    Parameters
+    ----------
+    y_true, y_score
+        As in :func:`auc`, for the clips of one section.
+    domains : array-like of {"source", "target", None}, shape (n_clips,)
+
+    Returns
+    -------
+    DomainMetrics
+        Metrics that need clips the section lacks (e.g. a source-only test set has no target
+        normal clips) are ``None`` with the reason. Clips without a domain make every domain
+        metric unmeasurable; pAUC still uses them.
+    """
+    y, s = _labels_scores(y_true, y_score, need_both=False)
+    d = _domains_of(domains, y)
+    counts = {f"{dom}_{lab}": int(((d == dom) & (y == anomalous)).sum())
+              for dom in DOMAINS for lab, anomalous in (("normal", False), ("anomaly", True))}
+    if (d == "").any():
+        counts["no_domain"] = int((d == "").sum())
+    values: dict[str, float | None] = dict.fromkeys(DOMAIN_METRICS)
+    why: dict[str, str] = {}
+
+    if not (~y).any() or not y.any():
+        why["pauc"] = "no normal clips" if not (~y).any() else "no anomalous clips"
+    else:
+        values["pauc"] = pauc(y, s)
+    for dom in DOMAINS:
+        normals, own_anomalies = counts[f"{dom}_normal"], counts[f"{dom}_anomaly"]
+        keys = (f"auc_{dom}", f"auc_{dom}_within")
+        if "no_domain" in counts:
+            for k in keys:
+                why[k] = f"{counts['no_domain']} of {y.size} clips carry no domain"
+            continue
+        if not normals:
+            why[keys[0]] = why[keys[1]] = f"no {dom}-domain normal clips"
+            continue
+        if not y.any():
+            why[keys[0]] = "no anomalous clips in either domain"
+        else:
+            values[keys[0]] = domain_auc(y, s, d, dom)
+        if not own_anomalies:
+            why[keys[1]] = f"no {dom}-domain anomalous clips"
+        else:
+            values[keys[1]] = within_domain_auc(y, s, d, dom)
+    parts = ("auc_source", "auc_target", "pauc")
+    if all(values[k] is not None for k in parts):
+        values["score"] = _hmean([values[k] for k in parts])  # type: ignore[misc]
+    else:
+        why["score"] = "needs " + "; ".join(f"{DOMAIN_METRIC_LABELS[k]} ({why[k]})" for k in parts if k in why)
+    return DomainMetrics(counts=counts, not_measurable=why, **values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SectionAverage:
+    """DCASE 2021-2024 metrics over several sections (e.g. the sections of a machine type, or all).
+
+    ``auc_*`` and ``pauc`` are arithmetic means over the sections (the evaluator's per-machine-type
+    figures); ``score`` is the official score, the harmonic mean over every section's AUC (source),
+    AUC (target) and pAUC pooled together. Each is given only when every section has it; otherwise
+    it is ``None`` and :attr:`not_measurable` says which section lacks it and why.
+    """
+
+    n_sections: int
+    auc_source: float | None
+    auc_target: float | None
+    pauc: float | None
+    score: float | None
+    auc_source_within: float | None
+    auc_target_within: float | None
+    not_measurable: Mapping[str, str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n_sections": self.n_sections, **{k: getattr(self, k) for k in DOMAIN_METRICS},
+                "not_measurable": dict(self.not_measurable)}
+
+
+def section_average(sections: Mapping[str, DomainMetrics]) -> SectionAverage:
+    """Average per-section :class:`DomainMetrics` the DCASE 2023/2024 way.
+
+    The official score is ``hmean`` over the 3 x n_sections values {AUC (source), AUC (target), pAUC}
+    of every section (each floored at machine epsilon), via :func:`dcase2023_official_score`. With
+    three values per section this equals the harmonic mean of the per-section scores.
+
+    Parameters
+    ----------
+    sections
+        Section name (e.g. ``"ToyCar/section_00"``) -> its metrics; the names go into the reasons.
+    """
+    if not sections:
+        raise ParameterError("averaging over sections needs at least one section")
+    values: dict[str, float | None] = dict.fromkeys(DOMAIN_METRICS)
+    why: dict[str, str] = {}
+    for k in DOMAIN_METRICS:
+        missing = [(name, m.not_measurable.get(k, "not measured")) for name, m in sections.items() if getattr(m, k) is None]
+        if missing:
+            # A mean over the sections that happen to be measurable would silently change what is averaged.
+            why[k] = "; ".join(f"{name}: {reason}" for name, reason in missing)
+        elif k == "score":
+            values[k] = dcase2023_official_score([m.auc_source for m in sections.values()],  # type: ignore[misc]
+                                                 [m.auc_target for m in sections.values()],
+                                                 [m.pauc for m in sections.values()])
+        else:
+            values[k] = float(np.mean([getattr(m, k) for m in sections.values()]))
+    return SectionAverage(n_sections=len(sections), not_measurable=why, **values)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -108,16 +108,25 @@ class GroupMetrics:
     pauc_raw: float | None
     """Raw partial area / 0.1 (the DCASE papers' formula)."""
     auc_source: float | None = None
-    """Source-domain normals against all anomalies (DCASE 2023 evaluator rule)."""
+    """Source-domain normals against all anomalies (DCASE 2022+ evaluator rule)."""
     auc_target: float | None = None
     youden: M.ThresholdMetrics | None = None
     """Decisions at this group's Youden-J threshold (chosen on these labels: optimistic)."""
+    domains: M.DomainMetrics | None = None
+    """DCASE 2021-2024 metrics (per-domain AUCs, within-domain AUCs, the section's harmonic mean,
+    reasons for what is not measurable); ``None`` when no clip of the group carries a domain."""
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("machine", "id", "snr_db", "n_normal", "n_anomaly", "n_unknown")}
         d.update({k: _num(getattr(self, k)) for k in ("auc", "pauc", "pauc_raw", "auc_source", "auc_target")})
         d["youden"] = self.youden.to_dict() if self.youden else None
+        d["domains"] = self.domains.to_dict() if self.domains else None
         return d
+
+    @property
+    def name(self) -> str:
+        """``machine/id`` (with the SNR when there is one), as reasons and tables name the group."""
+        return f"{self.machine}/{self.id or 'all'}" + (f" {_snr_label(self.snr_db)}" if self.snr_db is not None else "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,8 +163,12 @@ class ColumnSummary:
     groups: tuple[GroupMetrics, ...]
     machines: tuple[MachineMetrics, ...]
     dcase2023_official_score: float | None
-    """Harmonic mean over AUC (source), AUC (target) and pAUC of all sections; ``None`` unless every
-    group has both domains."""
+    """Harmonic mean over AUC (source), AUC (target) and pAUC of all sections that carry domains;
+    ``None`` unless every such section has all three (:attr:`dcase_overall` says why)."""
+    dcase_overall: M.SectionAverage | None = None
+    """DCASE 2021-2024 figures over every section with domains (``None`` when no clip has a domain)."""
+    dcase_by_machine: Mapping[str, M.SectionAverage] = field(default_factory=dict)
+    """The same per machine type (the evaluator's per-machine-type means and harmonic mean)."""
 
     def group(self, machine: str, id: str, snr_db: float | None = None) -> GroupMetrics:
         for g in self.groups:
@@ -168,6 +181,8 @@ class ColumnSummary:
             "groups": [g.to_dict() for g in self.groups],
             "machines": [m.to_dict() for m in self.machines],
             "dcase2023_official_score": _num(self.dcase2023_official_score),
+            "dcase_overall": self.dcase_overall.to_dict() if self.dcase_overall else None,
+            "dcase_by_machine": {k: v.to_dict() for k, v in self.dcase_by_machine.items()},
         }
 
 
@@ -215,12 +230,9 @@ def _group_metrics(key: tuple[str, str, float | None], rows: Sequence[ScoredRow]
     auc = M.auc(y, s) if both else None
     pauc = M.pauc(y, s) if both else None
     pauc_raw = M.pauc(y, s, definition="raw") if both else None
-    domains = np.array([r.clip.domain or "" for r in labelled])
-    dom_auc: dict[str, float | None] = {"source": None, "target": None}
-    if both:
-        for d in dom_auc:
-            if ((domains == d) & ~y).any():
-                dom_auc[d] = M.domain_auc(y, s, domains, d)
+    # Domain metrics only for DCASE 2021+ groups (any clip with a domain, labelled or not); the
+    # metrics module reports what the clips cannot support instead of failing.
+    dm = M.domain_metrics(y, s, [r.clip.domain for r in labelled]) if any(r.clip.domain for r in rows) else None
     youden = M.threshold_metrics(y, s, M.youden_threshold(y, s)) if both else None
     return GroupMetrics(
         machine=key[0],
@@ -232,9 +244,10 @@ def _group_metrics(key: tuple[str, str, float | None], rows: Sequence[ScoredRow]
         auc=auc,
         pauc=pauc,
         pauc_raw=pauc_raw,
-        auc_source=dom_auc["source"],
-        auc_target=dom_auc["target"],
+        auc_source=dm.auc_source if dm else None,
+        auc_target=dm.auc_target if dm else None,
         youden=youden,
+        domains=dm,
     )
 
 
@@ -302,12 +315,15 @@ def _evaluate(rows: Sequence[ScoredRow], column: str) -> ColumnSummary:
         _machine_metrics(m, snr, gs)
         for (m, snr), gs in sorted(by_machine.items(), key=lambda kv: _sort_key((kv[0][0], "", kv[0][1])))
     )
-    official = None
-    if groups and all(g.auc_source is not None and g.auc_target is not None and g.pauc is not None for g in groups):
-        official = M.dcase2023_official_score(
-            [g.auc_source for g in groups], [g.auc_target for g in groups], [g.pauc for g in groups]
-        )
-    return ColumnSummary(column=column, groups=groups, machines=machines, dcase2023_official_score=official)
+    sections = {g.name: g.domains for g in groups if g.domains is not None}
+    overall = M.section_average(sections) if sections else None
+    by_machine = {
+        m: M.section_average({g.name: g.domains for g in groups if g.machine == m and g.domains is not None})
+        for m in dict.fromkeys(g.machine for g in groups if g.domains is not None)
+    }
+    return ColumnSummary(column=column, groups=groups, machines=machines,
+                         dcase2023_official_score=overall.score if overall else None,
+                         dcase_overall=overall, dcase_by_machine=by_machine)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,7 +365,7 @@ def _write_csv(path: Path, rows: Iterable[Sequence[Any]]) -> Path:
 def _write_dcase(rows: Sequence[ScoredRow], summary: ColumnSummary, folder: Path, multi_snr: bool) -> list[Path]:
     written: list[Path] = []
     snrs = sorted({r.clip.snr_db for r in rows}, key=lambda s: (s is None, -(s or 0.0)))
-    has_domains = any(g.auc_source is not None or g.auc_target is not None for g in summary.groups)
+    has_domains = summary.dcase_overall is not None
     for snr in snrs:
         where = folder / _snr_dir(snr) if multi_snr else folder
         subset = [r for r in rows if r.clip.snr_db == snr]
@@ -367,19 +383,29 @@ def _write_dcase(rows: Sequence[ScoredRow], summary: ColumnSummary, folder: Path
         for m in [mm for mm in summary.machines if mm.snr_db == snr]:
             ids = [g for g in summary.groups if g.machine == m.machine and g.snr_db == snr]
             first = "section" if any(g.id.startswith("section_") for g in ids) else "id"
-            header = [first, "AUC", "pAUC"] + (["AUC (source)", "AUC (target)"] if has_domains else [])
+            header = [first, "AUC", "pAUC"] + ([M.DOMAIN_METRIC_LABELS[k] for k in _CSV_DOMAIN] if has_domains else [])
             table += [[m.machine], header]
             for g in ids:
                 row = [_id_short(g.id), _csv_num(g.auc), _csv_num(g.pauc)]
-                table.append(row + ([_csv_num(g.auc_source), _csv_num(g.auc_target)] if has_domains else []))
+                table.append(row + ([_csv_num(getattr(g.domains, k) if g.domains else None) for k in _CSV_DOMAIN]
+                                    if has_domains else []))
             avg = ["Average", _csv_num(m.auc), _csv_num(m.pauc)]
             if has_domains:
-                src = [g.auc_source for g in ids if g.auc_source is not None]
-                tgt = [g.auc_target for g in ids if g.auc_target is not None]
-                avg += [_csv_num(float(np.mean(src)) if src else None), _csv_num(float(np.mean(tgt)) if tgt else None)]
+                # The machine type's DCASE figures: means over its sections; "official score" is
+                # the harmonic mean over its sections' AUC (source), AUC (target) and pAUC.
+                dm = summary.dcase_by_machine.get(m.machine)
+                avg += [_csv_num(getattr(dm, k) if dm else None) for k in _CSV_DOMAIN]
             table += [avg, []]
+        if has_domains and summary.dcase_overall is not None:
+            # An empty cell alone would not say why: the reason goes in the next column.
+            why = summary.dcase_overall.not_measurable.get("score")
+            table.append(["official score", _csv_num(summary.dcase_overall.score)] + ([f"not measurable: {why}"] if why else []))
         written.append(_write_csv(where / "result.csv", table))
     return written
+
+
+_CSV_DOMAIN = ("auc_source", "auc_target", "auc_source_within", "auc_target_within", "score")
+"""Domain columns of result.csv and the markdown per-section table, after AUC and pAUC (over all clips)."""
 
 
 def _csv_num(x: float | None) -> str:
@@ -411,19 +437,42 @@ def _markdown(summary: ReportSummary) -> str:
             cells = [_fmt(lookup[(m, snr)].auc, 3) if (m, snr) in lookup else "" for m in machines]
             out.append(f"| {_snr_label(snr)} | " + " | ".join(cells) + " |")
         out.append("")
-        has_domains = any(g.auc_source is not None or g.auc_target is not None for g in col.groups)
-        head = "| Machine | ID | SNR | normal | anomalous | AUC | pAUC |" + (" AUC (source) | AUC (target) |" if has_domains else "")
+        has_domains = col.dcase_overall is not None
+        head = "| Machine | ID | SNR | normal | anomalous | AUC | pAUC |" + (
+            "".join(f" {M.DOMAIN_METRIC_LABELS[k]} |" for k in _CSV_DOMAIN) if has_domains else "")
         out += ["Per ID / section:", "", head, "|" + "---|" * (head.count("|") - 1)]
         for g in col.groups:
             line = (f"| {g.machine} | {g.id or 'all'} | {_snr_label(g.snr_db)} | {g.n_normal} | {g.n_anomaly} | "
                     f"{_fmt(g.auc, 3)} | {_fmt(g.pauc, 3)} |")
             if has_domains:
-                line += f" {_fmt(g.auc_source, 3)} | {_fmt(g.auc_target, 3)} |"
+                line += "".join(f" {_fmt(getattr(g.domains, k) if g.domains else None, 3)} |" for k in _CSV_DOMAIN)
             out.append(line)
-        if col.dcase2023_official_score is not None:
-            out += ["", f"DCASE 2023 official score: {col.dcase2023_official_score:.4f}"]
+        if has_domains:
+            out += ["", domain_notes(col)]
         out.append("")
     return "\n".join(out)
+
+
+def domain_notes(col: ColumnSummary) -> str:
+    """Markdown lines under the per-section table: the definitions, the official score, and why
+    each ``n/a`` domain figure is not measurable."""
+    lines = [
+        "AUC (source/target): that domain's normal clips against the anomalous clips of both domains (DCASE 2022+); "
+        "within: against that domain's anomalies only (DCASE 2021); pAUC over all clips; official score: harmonic "
+        "mean of AUC (source), AUC (target) and pAUC (per section; overall, over every section's three values)."
+    ]
+    overall = col.dcase_overall
+    if overall is not None:
+        if overall.score is not None:
+            lines.append(f"DCASE official score over {overall.n_sections} section(s): {overall.score:.4f}")
+        else:
+            lines.append(f"DCASE official score: not measurable ({overall.not_measurable['score']}).")
+    for g in col.groups:
+        if g.domains is not None:
+            for k, why in g.domains.not_measurable.items():
+                if k != "score":  # the score's reason repeats its parts'
+                    lines.append(f"- {g.name}: {M.DOMAIN_METRIC_LABELS[k]} not measurable: {why}")
+    return "\n".join(lines)
 
 
 def _plots(rows: Sequence[ScoredRow], summary: ColumnSummary, folder: Path) -> list[Path]:
