@@ -22,6 +22,8 @@ import pytest
 
 from tests.alsa_device import SYSTEM_ALSA_CONF, AlsaFifoDevice, wav_frames
 from tests.device_helpers import REPO, SR, copy_bundle, device_env, edge_asd, machine_clips, write_toml
+from tests.sensor_stream import CHANNELS as SENSOR_CHANNELS
+from tests.sensor_stream import EXPECTED_EVENTS, MONITORS, stream_files, write_stream
 
 pytestmark = pytest.mark.skipif(
     not SYSTEM_ALSA_CONF.is_file(),
@@ -38,8 +40,9 @@ def alsa_env(device: AlsaFifoDevice) -> dict[str, str]:
     return env
 
 
-def mic_toml(tmp: Path, *, bundle: Path, db: Path, name: str = "mic.toml") -> Path:
-    """A microphone profile: the test device's channels and rate, 1 s periods, short back-off."""
+def mic_toml(tmp: Path, *, bundle: Path, db: Path, name: str = "mic.toml", channels: int = CHANNELS, extra: str = "") -> Path:
+    """A microphone profile: the test device's channels and rate, 1 s periods, short back-off;
+    ``extra`` is appended (more TOML sections)."""
     return write_toml(tmp / name, f"""
 [device]
 id = "alsa-test"
@@ -47,7 +50,7 @@ bundle = "{bundle}"
 
 [input]
 kind = "microphone"
-channels = {CHANNELS}
+channels = {channels}
 sample_rate_hz = {SR}
 block_s = 0.1
 reconnect_max_s = 1.0
@@ -65,7 +68,7 @@ path = "{db}"
 [service]
 log_periods = true
 stats_interval_s = 1.0
-""")
+{extra}""")
 
 
 def one_wav(folder: Path, labels: list[str], *, seed: int = 1) -> Path:
@@ -121,6 +124,31 @@ class Running:
         return rc, "".join(self.out), "".join(self.err)
 
 
+def run_on_device(device: AlsaFifoDevice, cfg: Path, frames: bytes, *, speed: float = 4.0) -> tuple[str, str]:
+    """``edge-asd run --config CFG --input mic:DEVICE`` while ``frames`` are played through the
+    device at ``speed`` times real time; stopped once every block has been read. Returns stdout and
+    stderr, after checking that it exited cleanly and lost no block (none dropped from the queue,
+    no device overrun): the comparisons with a wav run are of the whole stream."""
+    run = Running([sys.executable, "-m", "edge_asd", "run", "--config", str(cfg), "--input", f"mic:{device.name}"],
+                  alsa_env(device))
+    try:
+        run.wait_for("capturing from device")
+        device.feed(frames, speed=speed)
+        device.wait_drained()
+        time.sleep(1.0)  # the last blocks reach the queue
+        rc, out, err = run.stop(device)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, err
+    assert "Traceback" not in err
+    assert "capturing from device" in err, err
+    # The final stats line (logged at exit) counts the whole run.
+    last_stats = [ln for ln in err.splitlines() if "real-time factor" in ln][-1]
+    assert "dropped 0 blocks" in last_stats and "device overflows 0" in last_stats and " 0 gaps" in last_stats, last_stats
+    return out, err
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     return copy_bundle(tmp_path_factory.mktemp("alsa-bundle"))
@@ -153,20 +181,7 @@ def test_run_on_the_device_gives_the_events_and_periods_of_the_same_audio_from_a
     from_file = edge_asd("run", "--config", cfg, "--input", wav, "--fast", "--db", tmp_path / "file.sqlite")
     assert from_file.returncode == 0, from_file.stderr
 
-    run = Running([sys.executable, "-m", "edge_asd", "run", "--config", str(cfg), "--input", f"mic:{device.name}"],
-                  alsa_env(device))
-    try:
-        run.wait_for("capturing from device")
-        device.feed(wav_frames(wav), speed=4.0)
-        device.wait_drained()
-        time.sleep(1.0)  # the last blocks reach the queue
-        rc, out, err = run.stop(device)
-    finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
-    assert rc == 0, err
-    assert "Traceback" not in err
-    assert f"capturing from device" in err and "dropped 0 blocks" in err and "device overflows 0" in err, err
+    out, err = run_on_device(device, cfg, wav_frames(wav))
 
     mic_lines, file_lines = json_lines(out), json_lines(from_file.stdout)
     mic_events = [(e["kind"], e["stream_time_s"]) for e in mic_lines if e["type"] == "event"]
@@ -180,6 +195,88 @@ def test_run_on_the_device_gives_the_events_and_periods_of_the_same_audio_from_a
     assert [p["start_s"] for p in mic_periods] == [p["start_s"] for p in file_periods]
     assert [p["n_windows"] for p in mic_periods] == [p["n_windows"] for p in file_periods]
     np.testing.assert_allclose([p["score"] for p in mic_periods], [p["score"] for p in file_periods], rtol=1e-5, atol=1e-6)
+
+
+def test_sensor_faults_and_idle_machine_give_the_same_events_from_the_device_as_from_the_wavs(bundle, tmp_path):
+    """The stream of ``test_signal_quality`` (4 channels: digital silence, clipping, a dead channel, a
+    machine switched off, then a real anomaly) played through a 4-channel ALSA device gives the
+    events and periods its wav files give."""
+    from edge_asd.signal_quality import SignalQualityConfig, check_block
+
+    stretches = write_stream(tmp_path / "wavs", tmp_path / "clips")
+    files = stream_files(tmp_path / "wavs")
+    frames = b"".join(wav_frames(f) for f in files)
+    silence_file = next(f for f in files if f.stem.endswith("_silence"))
+    assert set(wav_frames(silence_file)) == {0}  # what the FIFO carries for the dead microphone: zero bytes
+    stream_s = stretches[-1][2]
+    assert len(frames) == round(stream_s * SR) * SENSOR_CHANNELS * 2
+
+    # One profile for both runs, the monitors of the signal-quality test included; only the input differs.
+    cfg = mic_toml(tmp_path, bundle=bundle, db=tmp_path / "mic.sqlite", channels=SENSOR_CHANNELS, extra=MONITORS)
+    from_file = edge_asd("run", "--config", cfg, "--input", tmp_path / "wavs", "--fast", "--db", tmp_path / "file.sqlite")
+    assert from_file.returncode == 0, from_file.stderr
+    file_lines = json_lines(from_file.stdout)
+    file_events = [e for e in file_lines if e["type"] == "event"]
+    # The wav run is the one the signal-quality test checks in detail: the same sequence here.
+    assert [(e["kind"], e["details"].get("reason")) for e in file_events] == EXPECTED_EVENTS, file_events
+
+    folder = tmp_path / "alsa"
+    folder.mkdir()
+    device = AlsaFifoDevice(folder, channels=SENSOR_CHANNELS)  # the plug's slave: 4 channels of s16le
+    try:
+        out, err = run_on_device(device, cfg, frames)
+    finally:
+        device.close()
+    mic_lines = json_lines(out)
+    mic_events = [e for e in mic_lines if e["type"] == "event"]
+    # The service processed exactly the stream's length of audio from the device: no block lost,
+    # none added (a stale period handed out again by the file plugin would add 0.1 s and shift
+    # every later event by a block; the stop's wake-up block is read after the stop and dropped).
+    last_stats = [ln for ln in err.splitlines() if "real-time factor" in ln][-1]
+    assert f"audio {stream_s:.1f} s," in last_stats, last_stats
+
+    # Same kinds in the same order, same reasons: no dropout or repeated_block fault appears on the
+    # device path (a short read of the file plugin repeats stale buffer contents, which would look
+    # like one) and every fault the wavs give is there.
+    kinds = [(e["kind"], e["details"].get("reason")) for e in mic_events]
+    assert kinds == EXPECTED_EVENTS, "\n".join(map(str, mic_lines))
+    # Stream time counts samples, and the device delivered every sample of the stream (no block
+    # dropped or overrun, checked by run_on_device), so each event is stamped at the same block end.
+    np.testing.assert_allclose([e["stream_time_s"] for e in mic_events], [e["stream_time_s"] for e in file_events],
+                               atol=1e-3)
+    for m, f in zip(mic_events, file_events):
+        # When each fault began (since_s), which channel died, and the figure against its limit.
+        assert {k: m["details"].get(k) for k in ("since_s", "channels", "severity")} == \
+               {k: f["details"].get(k) for k in ("since_s", "channels", "severity")}, (m, f)
+        if f["score"] is not None:
+            assert m["score"] == pytest.approx(f["score"], rel=1e-5, abs=1e-6) and m["threshold"] == f["threshold"], (m, f)
+
+    # The dead microphone's stretch reached the service as exact digital zeros: the silence fault's
+    # figure is the level of an all-zero block (the check's floor); a single 1-LSB sample in that
+    # block would have given a level some 70 dB higher.
+    zeros = check_block(np.zeros((1600, SENSOR_CHANNELS), np.float32), SignalQualityConfig(), sr=SR).measures["silence"]
+    one_lsb = np.zeros((1600, SENSOR_CHANNELS), np.float32)
+    one_lsb[800, 2] = 1 / 32768
+    assert check_block(one_lsb, SignalQualityConfig(), sr=SR).measures["silence"] > zeros + 60
+    silence_fault = mic_events[0]
+    assert silence_fault["score"] == zeros == file_events[0]["score"], silence_fault
+
+    # The same periods, decided or not for the same reason, with the same valid windows: a block
+    # that only the device path had judged bad (a dropout or repeated block inside normal audio)
+    # would take its windows out of that period (fewer n_windows, another mean).
+    mic_periods = [p for p in mic_lines if p["type"] == "period"]
+    file_periods = [p for p in file_lines if p["type"] == "period"]
+    assert len(file_periods) == round(stream_s), file_periods
+    assert [p["start_s"] for p in mic_periods] == [p["start_s"] for p in file_periods]
+
+    def verdict(p: dict) -> tuple:
+        return p["decided"], p["anomalous"] if p["decided"] else None, p.get("reason"), p["n_windows"], p.get("n_invalid")
+
+    assert [verdict(p) for p in mic_periods] == [verdict(p) for p in file_periods], \
+        [(p["start_s"], verdict(p), verdict(q)) for p, q in zip(mic_periods, file_periods) if verdict(p) != verdict(q)]
+    assert sum(not p["decided"] for p in file_periods) >= 4 * 4  # each of the four stretches holds decisions
+    np.testing.assert_allclose([np.nan if p["score"] is None else p["score"] for p in mic_periods],
+                               [np.nan if p["score"] is None else p["score"] for p in file_periods], rtol=1e-5, atol=1e-6)
 
 
 def test_calibrate_reads_the_device_as_it_reads_the_same_wav(device, bundle, tmp_path):

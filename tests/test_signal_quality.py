@@ -20,13 +20,9 @@ from edge_asd.signal_quality import (
     learn_signal_config, longest_zero_run,
 )
 from tests.device_helpers import SEPARATING_THRESHOLD, SR, copy_bundle, edge_asd, machine_clips, service_toml
+from tests.sensor_stream import CHANNELS, EXPECTED_EVENTS, FAULT_LABELS, MONITORS, noise, write_stream
 
 BLOCK = 1600  # 0.1 s at 16 kHz
-
-
-def noise(rng, n, ch, dbfs):
-    """White noise at ``dbfs`` RMS, shape ``(n, ch)``."""
-    return (10 ** (dbfs / 20) * rng.standard_normal((n, ch))).astype(np.float32)
 
 
 def machine_block(rng, n=BLOCK, ch=4):
@@ -269,37 +265,6 @@ def test_excluded_stretches_overlap():
 
 # -- the service: a stream with sensor faults, an idle machine, then an anomaly -----------------
 
-CHANNELS = 4
-
-
-def write_stream(folder, clips_dir):
-    """A 4-channel stream of 2 s wav files; returns the stretches ``(label, start_s, end_s)``."""
-    from edge_asd.audio import read_wav, write_wav
-
-    labels = ["normal"] * 15 + ["anomaly"] * 3 + ["normal"] * 3
-    paths = machine_clips(clips_dir, labels, channels=CHANNELS)
-    clips = iter(read_wav(p)[0] for p in paths)
-    rng = np.random.default_rng(7)
-    plan = [("normal", next(clips)), ("normal", next(clips)), ("normal", next(clips)),
-            ("silence", np.zeros((4 * SR, CHANNELS), np.float32)),  # a dead microphone (digital silence)
-            ("normal", next(clips)), ("normal", next(clips)),
-            ("clipping", np.clip(np.concatenate([next(clips), next(clips)]) * 20, -1, 1)),  # gain far too high
-            ("normal", next(clips)), ("normal", next(clips))]
-    dead = np.concatenate([next(clips), next(clips)])
-    dead[:, 1] = 0.0  # one capsule of the array dies; the machine is heard on the other three
-    plan += [("dead_channel", dead), ("normal", next(clips)), ("normal", next(clips)),
-             ("machine_off", noise(rng, 6 * SR, CHANNELS, -60)),  # the room's noise floor: quiet, but not silence
-             ("normal", next(clips)), ("normal", next(clips))]
-    plan += list(zip(labels[-6:], clips))  # the clips left: 3 anomalous, 3 normal
-    folder.mkdir(parents=True)
-    stretches, t = [], 0.0
-    for k, (label, x) in enumerate(plan):
-        write_wav(folder / f"{k:03d}_{label}.wav", x, SR)
-        stretches.append((label, t, t + x.shape[0] / SR))
-        t += x.shape[0] / SR
-    return stretches
-
-
 def run_stream(tmp, bundle, wavs, name, extra):
     (tmp / name).mkdir()
     cfg = service_toml(tmp / name, bundle=bundle, inputs=wavs, db=tmp / name / "events.sqlite", extra=extra)
@@ -318,25 +283,13 @@ def test_service_reports_sensor_faults_and_idle_apart_from_anomalies(tmp_path):
     for label, s, e in stretches:  # the first start and the last end of each kind of stretch
         start.setdefault(label, s)
         end[label] = e
-    monitors = """
-[signal]
-fault_window_s = 1.0
-clear_after_s = 1.0
-
-[machine]
-idle_after_s = 1.0
-running_after_s = 1.0
-stop_is_alarm = true
-"""
-    result, events, periods = run_stream(tmp_path, bundle, tmp_path / "wavs", "checked", monitors)
+    result, events, periods = run_stream(tmp_path, bundle, tmp_path / "wavs", "checked", MONITORS)
     kinds = [(e["kind"], e["details"].get("reason")) for e in events]
-    assert kinds == [("sensor_fault", "silence"), ("sensor_ok", "silence"), ("sensor_fault", "clipping"),
-                     ("sensor_ok", "clipping"), ("sensor_fault", "dead_channel"), ("sensor_ok", "dead_channel"),
-                     ("machine_idle", None), ("machine_running", None), ("onset", None), ("back_to_normal", None)], kinds
+    assert kinds == EXPECTED_EVENTS, kinds
     period_s = 1.0
     faults = [e for e in events if e["kind"] in ("sensor_fault", "machine_idle")]
     oks = [e for e in events if e["kind"] in ("sensor_ok", "machine_running")]
-    for fault, ok, label in zip(faults, oks, ["silence", "clipping", "dead_channel", "machine_off"]):
+    for fault, ok, label in zip(faults, oks, FAULT_LABELS):
         # Each change is reported within two periods of the change in the audio.
         assert start[label] < fault["stream_time_s"] <= start[label] + 2 * period_s, (label, fault)
         assert end[label] < ok["stream_time_s"] <= end[label] + 2 * period_s, (label, ok)
@@ -348,7 +301,7 @@ stop_is_alarm = true
     onset = events[8]
     assert start["anomaly"] < onset["stream_time_s"] <= start["anomaly"] + 3 * period_s
     # No period overlapping a sensor or idle stretch was decided anomalous; those inside were not decided.
-    for label in ("silence", "clipping", "dead_channel", "machine_off"):
+    for label in FAULT_LABELS:
         overlapping = [p for p in periods if p["start_s"] < end[label] and p["end_s"] > start[label]]
         assert overlapping and not any(p["decided"] and p["anomalous"] for p in overlapping), (label, overlapping)
         inside = [p for p in overlapping if p["start_s"] >= start[label] + 0.5 and p["end_s"] <= end[label]]
