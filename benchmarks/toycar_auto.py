@@ -12,7 +12,7 @@ and the two rankings are compared:
 With several seeds (``--seeds 0,1``) each seed is a full selection (training, synthetic faults and
 validation split all follow the seed), and the summary gives ρ and the gap per seed and their mean.
 
-    python -m benchmarks.toycar_auto [--seeds 0] [--epochs 12] [--out /tmp/edge-asd-toycar-auto]
+    python -m benchmarks.toycar_auto [--seeds 0] [--epochs 12] [--out /tmp/edge-asd-toycar-auto] [--resume]
 
 Writes ``benchmarks/results/toycar_auto.{json,md}``. Skips with a message if
 ``../shared/data/dcase2023-toycar`` is absent. About 30 min per seed on 2 cores.
@@ -37,7 +37,7 @@ from benchmarks.toycar import DATA, RESULTS  # noqa: E402
 NAME = "toycar_auto"
 
 
-def run_seed(seed: int, epochs: int | None, out: Path) -> dict:
+def run_seed(seed: int, epochs: int | None, out: Path, resume: bool = False) -> dict:
     """One ``--recipe auto`` fit on ToyCar's training clips, then every candidate on the real test."""
     from scipy.stats import spearmanr
 
@@ -46,13 +46,21 @@ def run_seed(seed: int, epochs: int | None, out: Path) -> dict:
     from trainer.fit_cli import fit_bundle
     from trainer.protocols import make_splits
 
+    from edge_asd.bundle import read_bundle
+
     t0 = time.perf_counter()
     candidates_dir = out / f"seed{seed}" / "candidates"
-    res = fit_bundle(
-        DATA, out / f"seed{seed}" / "bundle", recipe="auto", protocol="dcase", seed=seed, epochs=epochs,
-        run_evaluation=False, candidates_dir=candidates_dir, log=lambda s: click.echo(s, err=True),
-    )
-    selection = res["selection"]
+    bundle_dir = out / f"seed{seed}" / "bundle"
+    if resume and (bundle_dir / "bundle.json").is_file():
+        # A finished selection (e.g. an evaluation that failed afterwards): its table is in the provenance.
+        selection = dict(read_bundle(bundle_dir).provenance["recipe_selection"])
+        click.echo(f"seed {seed}: resuming from the selection in {bundle_dir}", err=True)
+    else:
+        res = fit_bundle(
+            DATA, bundle_dir, recipe="auto", protocol="dcase", seed=seed, epochs=epochs,
+            run_evaluation=False, candidates_dir=candidates_dir, log=lambda s: click.echo(s, err=True),
+        )
+        selection = res["selection"]
     split = make_splits(read_dataset(DATA, layout="auto"), "dcase", seed=seed)[0]
     test = [c for c in split.test if c.domain == "source"]
     rows = []
@@ -124,7 +132,8 @@ def markdown(results: list[dict], epochs: int | None) -> str:
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; each is a full selection.")
 @click.option("--epochs", type=int, default=None, help="Maximum epochs for every candidate (default: each recipe's).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("/tmp/edge-asd-toycar-auto"), show_default=True)
-def main(seeds: str, epochs: int | None, out: Path) -> None:
+@click.option("--resume", is_flag=True, help="Reuse a seed's finished selection in --out (its candidates' bundles) and only evaluate.")
+def main(seeds: str, epochs: int | None, out: Path, resume: bool) -> None:
     if not DATA.is_dir():
         click.echo(f"skipped: {DATA} is absent (see ../shared/data/README.md)")
         return
@@ -134,7 +143,7 @@ def main(seeds: str, epochs: int | None, out: Path) -> None:
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     results = []
     for seed in seed_list:
-        results.append(run_seed(seed, epochs, out))
+        results.append(run_seed(seed, epochs, out, resume))
         RESULTS.mkdir(parents=True, exist_ok=True)  # after every seed: a later failure keeps what finished
         (RESULTS / f"{NAME}.json").write_text(json.dumps({"data": str(DATA), "epochs": epochs, "results": results}, indent=2) + "\n")
         (RESULTS / f"{NAME}.md").write_text(markdown(results, epochs))
