@@ -152,6 +152,9 @@ def fit_bundle(
     if auto:
         from trainer.select import select_recipe
 
+        log("--recipe auto is experimental: on ToyCar its synthetic-fault ranking ran opposite to the real faults' "
+            "(benchmarks/results/toycar_auto.md); the default recipe is the measured choice")
+
         picked = select_recipe(
             [c.path for c in train_clips if c.label == "normal"], out, candidates=candidates, overrides=overrides, seed=seed,
             cache_dir=cache_dir, candidates_dir=candidates_dir, provenance=provenance, log=log,
