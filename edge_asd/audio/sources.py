@@ -143,43 +143,6 @@ class WavFileSource(_FileBlocks):
         return [self.path]
 
 
-class FolderSource(_FileBlocks):
-    """All wav files below a folder, played in sorted path order as one continuous stream.
-
-    Every file must have the same channel count (checked when opened). Parameters as
-    :class:`WavFileSource`; ``folder`` may be the MIMII-layout output of ``trainer.synth``.
-    """
-
-    def __init__(
-        self,
-        folder: str | os.PathLike,
-        *,
-        sr: int | None = None,
-        channels: int | None = None,
-        block_size: int = 1600,
-        realtime: bool = False,
-        loop: bool = False,
-    ) -> None:
-        self.folder = Path(folder)
-        self.files = list_wavs(self.folder)
-        rates, counts = set(), set()
-        for path in self.files:
-            file_sr, file_ch, _ = wav_info(path)
-            rates.add(file_sr)
-            counts.add(file_ch)
-        if len(counts) > 1 or (channels is not None and counts != {channels}):
-            want = f"{channels}" if channels is not None else "one count"
-            raise AudioFileError(f"{self.folder}: files have {sorted(counts)} channels, expected {want}")
-        if sr is None and len(rates) > 1:
-            raise AudioFileError(f"{self.folder}: files have rates {sorted(rates)} Hz; configure a sample rate")
-        super().__init__(
-            sr=sr or rates.pop(), n_channels=counts.pop(), block_size=block_size, realtime=realtime, loop=loop
-        )
-
-    def _files(self) -> list[Path]:
-        return self.files
-
-
 class FileListSource(_FileBlocks):
     """Given wav files, played in the given order as one continuous stream (the trainer scores its
     validation clips this way, as the service would hear them).
@@ -208,11 +171,29 @@ class FileListSource(_FileBlocks):
                 raise AudioFileError(f"{path}: has {file_ch} channel(s) but {want} are expected (as the first file or the configuration)")
         rates = {file_sr for file_sr, _, _ in infos.values()}
         if sr is None and len(rates) > 1:
-            raise AudioFileError(f"{self.files[0]} ...: files have rates {sorted(rates)} Hz; configure a sample rate")
+            raise AudioFileError(f"{self._where()}: files have rates {sorted(rates)} Hz; configure a sample rate")
         super().__init__(sr=sr or rates.pop(), n_channels=want, block_size=block_size, realtime=realtime, loop=loop)
+
+    def _where(self) -> str:
+        return f"{self.files[0]} ..."
 
     def _files(self) -> list[Path]:
         return self.files
+
+
+class FolderSource(FileListSource):
+    """All wav files below a folder, played in sorted path order as one continuous stream.
+
+    Every file must have the same channel count (checked when opened). Parameters as
+    :class:`WavFileSource`; ``folder`` may be the MIMII-layout output of ``trainer.synth``.
+    """
+
+    def __init__(self, folder: str | os.PathLike, **kwargs) -> None:
+        self.folder = Path(folder)
+        super().__init__(list_wavs(self.folder), **kwargs)
+
+    def _where(self) -> str:
+        return str(self.folder)
 
 
 def open_source(config, *, sr: int | None = None, realtime: bool | None = None) -> AudioSource:
