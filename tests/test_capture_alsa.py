@@ -8,7 +8,6 @@ from a wav file, ``calibrate`` and ``record`` read it, and a device that vanishe
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -4,7 +4,6 @@ service's start-up checks of the threshold. Real bundles, real wav files, real T
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess

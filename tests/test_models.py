@@ -16,7 +16,7 @@ from edge_asd.bundle import read_bundle  # noqa: E402
 from edge_asd.detector import Detector  # noqa: E402
 from edge_asd.errors import ParameterError  # noqa: E402
 from tests.bundle_factory import make_bundle  # noqa: E402
-from trainer.export import check_builtin_int8, convert_models, export_twin, model_ops  # noqa: E402
+from trainer.export import check_builtin_int8, convert_models, export_twin  # noqa: E402
 from trainer.models import MODEL_KINDS, ModelConfig, build_model, default_window  # noqa: E402
 
 MAX_INT8_BYTES = 256 * 1024
