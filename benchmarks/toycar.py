@@ -23,7 +23,6 @@ paired test on the same test clips instead (each row keeps its per-clip int8 sco
 from __future__ import annotations
 
 import csv
-import dataclasses
 import itertools
 import json
 import os
@@ -89,12 +88,8 @@ def cnn_lstm_class(clip) -> str:
 
 
 def features_for(kind: str, *, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH, n_mels: int = N_MELS):
-    from trainer.fit_cli import cli_features
-
-    # 24 sinc bands (seed 000: 40) keep dense-ae's 5-frame IMS input under its 450-value limit at 64
-    # mels too (5×104 inputs measured 274 KB of int8 model).
-    features = cli_features(kind, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length)
-    return dataclasses.replace(features, n_sinc=N_SINC)
+    """The feature config of the recipes (24 sinc bands for IMS) with these frames and this kind."""
+    return SETTINGS["conv-ae"].with_overrides(features=kind, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels).feature_config()
 
 
 def train_config(kind: str, features, *, epochs: int, seed: int):

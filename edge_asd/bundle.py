@@ -201,6 +201,11 @@ class Threshold:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def superseded_by(self, new: "Threshold") -> "Threshold":
+        """``new`` with this threshold (and its history) appended to ``new.history``."""
+        old = self.to_dict()
+        return dataclasses.replace(new, history=tuple(old.pop("history", ())) + (old,))
+
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> "Threshold":
         data = dict(raw)
@@ -483,8 +488,6 @@ def write_bundle(bundle: Bundle) -> Path:
 def update_threshold(path: str | os.PathLike, threshold: Threshold) -> Bundle:
     """Replace a bundle's threshold atomically, keeping the previous one in ``threshold.history``."""
     bundle = read_bundle(path, verify_files=False)
-    old = bundle.threshold.to_dict()
-    history = tuple(old.pop("history", ())) + (old,)
-    new = dataclasses.replace(bundle, threshold=dataclasses.replace(threshold, history=history))
+    new = dataclasses.replace(bundle, threshold=bundle.threshold.superseded_by(threshold))
     write_bundle(new)
     return new

@@ -242,8 +242,7 @@ def enroll_bundle(
         raise ParameterError(f"{where}: {exc}") from exc
     calibrated_for = {"period_s": period_s, "model": model, "class_label": class_label, "n_channels": inp.channels}
     threshold = threshold_record(fit, input_desc=where, model=model, source="enrollment", calibrated_for=calibrated_for)
-    old = bundle.threshold.to_dict()
-    threshold = dataclasses.replace(threshold, history=tuple(old.pop("history", ())) + (old,))
+    threshold = bundle.threshold.superseded_by(threshold)
 
     site = SiteEnrollment(
         values=EnrollmentValues(normalization=normalization, score_scaling=scaling, threshold=threshold),

@@ -56,11 +56,13 @@ def test_fit_on_a_folder_without_wavs_is_a_clear_error(tmp_path):
 
 
 def test_fit_takes_a_short_fft_for_ims_and_refuses_a_bad_one(tmp_path):
-    from trainer.fit_cli import cli_features
+    from trainer.recipes import get_recipe
 
-    short = cli_features("ims", n_mels=16, n_fft=128, hop_length=64)
+    recipe = get_recipe("short-conv-ae")
+    short = recipe.with_overrides(features="ims", n_mels=16, n_fft=128, hop_length=64).feature_config()
     assert short.sinc_length == 127 and short.n_features == 16 + short.n_sinc  # the sinc FIR fits the FFT
-    assert cli_features("ims", n_mels=64, n_fft=1024, hop_length=512).sinc_length == 251  # seed 000's length
+    long = recipe.with_overrides(features="ims", n_mels=64, n_fft=1024, hop_length=512).feature_config()
+    assert long.sinc_length == 251  # seed 000's length
 
     (tmp_path / "data" / "normal").mkdir(parents=True)
     run = asd_train("fit", tmp_path / "data", "--n-fft", "256", "--hop-length", "512", "--out", tmp_path / "b", timeout=120)

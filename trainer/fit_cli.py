@@ -9,7 +9,6 @@ from typing import Any, Mapping, Sequence
 import click
 
 from edge_asd.errors import DatasetError, ParameterError
-from edge_asd.frontend import FeatureConfig
 from trainer import quiet_tensorflow_logs
 from trainer.recipes import AUTO, AUTO_CANDIDATES, DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 
@@ -189,16 +188,6 @@ def fit_bundle(
         )
     return {"bundle": bundle.path, "test_clips": test_clips, "evaluation": summary, "train_result": result,
             "protocol": protocol, "recipe": chosen, "selection": selection}
-
-
-def cli_features(kind: str, *, n_mels: int, n_fft: int, hop_length: int) -> FeatureConfig:
-    """A feature config from the frame flags (IMS sinc filters as :meth:`Recipe.feature_config` sizes them).
-
-    The sinc filters of IMS are as long as seed 000's (251 taps) where the FFT holds them, and one
-    tap shorter than the FFT otherwise, so a short ``n_fft`` needs no extra option.
-    """
-    sinc_length = min(FeatureConfig.sinc_length, n_fft - 1)  # n_fft is even (FeatureConfig checks)
-    return FeatureConfig(kind=kind, n_mels=n_mels, n_fft=n_fft, hop_length=hop_length, sinc_length=sinc_length)
 
 
 def _common(f):
