@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.io.wavfile
 
 from edge_asd.audio.resample import MAX_RESAMPLE_SR, MIN_RESAMPLE_SR, resample
 from edge_asd.errors import AudioFileError, ParameterError
@@ -507,6 +506,10 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, sr: int, *, subtype:
         x = x.astype(np.float32)
     else:
         raise ParameterError(f"subtype must be 'PCM_16' or 'FLOAT', got {subtype!r}")
+    # Imported here: scipy.io pulls in scipy.sparse, which a device that only reads audio never
+    # needs (benchmarks/import_memory.py).
+    import scipy.io.wavfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
