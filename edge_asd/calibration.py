@@ -23,7 +23,7 @@ import numpy as np
 from edge_asd.alarm import PeriodAverager
 from edge_asd.errors import ParameterError
 
-__all__ = ["CalibrationResult", "fit_threshold", "score_periods", "threshold_record", "SECONDS_PER_DAY", "MIN_PERIODS"]
+__all__ = ["BundleCalibration", "CalibrationResult", "calibrate_bundle", "fit_threshold", "score_periods", "threshold_record", "SECONDS_PER_DAY", "MIN_PERIODS"]
 
 SECONDS_PER_DAY = 86_400.0
 MIN_PERIODS = 10
@@ -262,3 +262,54 @@ def threshold_record(
         details=details,
         calibrated_for=dict(calibrated_for or {}),
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BundleCalibration:
+    """What :func:`calibrate_bundle` measured and wrote."""
+
+    result: CalibrationResult
+    previous: Any
+    """The :class:`edge_asd.bundle.Threshold` the bundle had before."""
+    input_desc: str
+    audio_s: float
+    """Audio read, seconds."""
+    written: bool
+
+
+def calibrate_bundle(
+    bundle_path: Any,
+    inp: Any,
+    *,
+    seconds: float,
+    period_s: float,
+    false_alarms_per_day: float = 1.0,
+    tail_fraction: float = DEFAULT_TAIL_FRACTION,
+    model: str = "int8",
+    class_label: str | None = None,
+    dry_run: bool = False,
+) -> BundleCalibration:
+    """Set a bundle's threshold from normal audio, as ``edge-asd calibrate`` does.
+
+    ``inp`` is an :class:`edge_asd.config.InputConfig` (microphone, wav file or folder); up to
+    ``seconds`` of it are scored in periods of ``period_s`` seconds and the threshold fitted for
+    ``false_alarms_per_day``. The previous threshold moves to the bundle's history (unless
+    ``dry_run``). Raises the front end's and the source's errors, and :class:`ParameterError` when
+    the audio holds fewer than :data:`MIN_PERIODS` periods.
+    """
+    from edge_asd.audio.sources import open_source
+    from edge_asd.bundle import update_threshold
+    from edge_asd.detector import Detector
+    from edge_asd.enrollment import describe_input
+
+    detector = Detector.from_bundle(bundle_path, model=model, class_label=class_label)
+    source = open_source(inp, sr=detector.config.sr, realtime=False)
+    n_channels = source.n_channels
+    scores, audio_s = score_periods(detector, source, period_s=period_s, max_seconds=seconds)
+    result = fit_threshold(scores, period_s=period_s, false_alarms_per_day=false_alarms_per_day, tail_fraction=tail_fraction)
+    what = describe_input(inp)
+    if not dry_run:
+        calibrated_for = {"period_s": period_s, "model": model, "class_label": class_label, "n_channels": n_channels}
+        update_threshold(bundle_path, threshold_record(result, input_desc=what, model=model, calibrated_for=calibrated_for))
+    return BundleCalibration(result=result, previous=detector.bundle.threshold, input_desc=what, audio_s=audio_s,
+                             written=not dry_run)

@@ -143,6 +143,34 @@ def run(config_path, input_spec, bundle, device_id, db, realtime, loop, mqtt_hos
 
 
 @cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Device TOML of the service (its [health] and [store] settings locate the state file). "
+                   "Default: built-in defaults (/run/edge-asd/state.json under systemd).")
+@click.option("--state-file", type=click.Path(dir_okay=False, path_type=Path), help="Read this state file instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict and every figure as JSON.")
+def status(config_path, state_file, as_json) -> None:
+    """How the running service is doing: uptime, bundle and threshold, machine / sensor state, last
+    period score, periods, losses, queue and store backlog, from the state file it keeps (no network).
+
+    \b
+    Exit codes:
+      0  running, state fresh
+      1  error (bad configuration, unreadable state file)
+      3  not running (no state file, or the service stopped)
+      4  stale: the service that wrote the state file is gone without a clean stop (killed,
+         crashed), or has not updated it for 3 x health.write_interval_s (hung)
+    """
+    from edge_asd.health import format_status, read_status, resolve_state_file
+
+    if state_file is None:
+        config = _load_config(config_path)
+        state_file = resolve_state_file(config.health, config.store.path)
+    result = read_status(state_file)
+    click.echo(result.to_json() if as_json else format_status(result))
+    sys.exit(result.exit_code)
+
+
+@cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--input", "input_spec", help="Normal audio: a wav file, a folder, mic, mic:N or mic:NAME. "
               "Default: the config's input.")
@@ -165,31 +193,20 @@ def calibrate(bundle, input_spec, config_path, seconds, false_alarms_per_day, pe
     is kept in the bundle's history. calibrate re-sets the threshold; enroll re-fits normalisation +
     score scaling + threshold; 'enroll --rollback' returns to factory.
     """
-    from edge_asd.audio.sources import open_source
-    from edge_asd.bundle import update_threshold
-    from edge_asd.calibration import fit_threshold, score_periods, threshold_record
+    from edge_asd.calibration import calibrate_bundle
     from edge_asd.config import parse_input_spec
-    from edge_asd.detector import Detector
+    from edge_asd.enrollment import describe_input
 
     config = _load_config(config_path)
     inp = parse_input_spec(input_spec, config.input) if input_spec else config.input
-    period = period_s or config.alarm.period_s
-    detector = Detector.from_bundle(bundle, model=model, class_label=class_label or config.device.class_label)
-    source = open_source(inp, sr=detector.config.sr, realtime=False)
-    what = str(inp.path) if inp.kind != "microphone" else f"microphone {inp.device if inp.device is not None else '(default)'}"
-    click.echo(f"scoring up to {seconds:g} s of normal audio from {what} ...", err=True)
-    scores, audio_s = score_periods(detector, source, period_s=period, max_seconds=seconds)
-    result = fit_threshold(scores, period_s=period, false_alarms_per_day=false_alarms_per_day, tail_fraction=tail_fraction)
-    click.echo(f"{audio_s:.1f} s of audio, {scores.size} periods")
-    click.echo(result.statement())
-    click.echo(f"previous threshold {detector.threshold_:.6g} ({detector.bundle.threshold.method}, {detector.bundle.threshold.source})")
-    if dry_run:
-        click.echo("dry run: bundle not changed")
-        return
-    label = class_label or config.device.class_label
-    calibrated_for = {"period_s": period, "model": model, "class_label": label, "n_channels": source.n_channels}
-    update_threshold(bundle, threshold_record(result, input_desc=what, model=model, calibrated_for=calibrated_for))
-    click.echo(f"threshold written to {Path(bundle) / 'bundle.json'}")
+    click.echo(f"scoring up to {seconds:g} s of normal audio from {describe_input(inp)} ...", err=True)
+    done = calibrate_bundle(bundle, inp, seconds=seconds, period_s=period_s or config.alarm.period_s,
+                            false_alarms_per_day=false_alarms_per_day, tail_fraction=tail_fraction, model=model,
+                            class_label=class_label or config.device.class_label, dry_run=dry_run)
+    click.echo(f"{done.audio_s:.1f} s of audio, {done.result.n_periods} periods")
+    click.echo(done.result.statement())
+    click.echo(f"previous threshold {done.previous.value:.6g} ({done.previous.method}, {done.previous.source})")
+    click.echo("dry run: bundle not changed" if dry_run else f"threshold written to {Path(bundle) / 'bundle.json'}")
 
 
 def _expand_inputs(inputs: tuple[Path, ...]) -> list[Path]:
@@ -314,6 +331,13 @@ def info(bundle, no_model) -> None:
     for old in t.history:
         click.echo(f"  earlier  {old.get('value'):.6g} ({old.get('method')}, from {old.get('source')}, {old.get('created')})")
     click.echo(f"score scale mean {b.score_scaling.mean:.6g}, std {b.score_scaling.std:.6g} (window scores are (raw - mean) / std)")
+    if b.backend is not None:
+        r = b.backend
+        chosen = {k: v for k, v in r.fitted_on.items() if k in ("k", "shrinkage", "n_components", "nu", "gamma", "clips", "site_windows")}
+        click.echo(f"backend    {r.kind} over the {r.representation} error vector ({r.dim} dims): {r.summary}")
+        click.echo(f"           file {r.file}, sha256 {r.sha256[:16]}" + (f"; fitted with {json.dumps(chosen, default=str)}" if chosen else ""))
+    else:
+        click.echo("backend    none (raw window score = the model's own score)")
     from edge_asd.enrollment import describe_enrollment
 
     for line in describe_enrollment(b):

@@ -6,14 +6,16 @@ in the file are relative to the file's directory. CLI flags override values with
 
 Sections: ``[device]``, ``[input]``, ``[alarm]`` (see :class:`edge_asd.alarm.AlarmConfig`),
 ``[signal]`` (:class:`edge_asd.signal_quality.SignalQualityConfig`), ``[machine]``
-(:class:`edge_asd.machine_state.MachineStateConfig`), ``[store]``, ``[mqtt]`` and ``[service]``. See ``firmware_config/*.toml`` for complete examples.
+(:class:`edge_asd.machine_state.MachineStateConfig`), ``[store]``, ``[mqtt]``, ``[service]`` and ``[health]``. See ``firmware_config/*.toml`` for complete examples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
+import stat
 import tomllib
 import types
 import typing
@@ -32,6 +34,7 @@ __all__ = [
     "StoreConfig",
     "MqttConfig",
     "RuntimeConfig",
+    "HealthConfig",
     "Config",
     "load_config",
     "parse_config",
@@ -39,6 +42,8 @@ __all__ = [
 ]
 
 INPUT_KINDS = ("microphone", "wav", "folder")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,13 +152,20 @@ class MqttConfig:
     client_id: str | None = None
     """MQTT client id (default ``edge-asd-<device id>``)."""
     username: str | None = None
+    """Login name on the broker (with ``password`` or ``password_file``)."""
     password: str | None = None
+    """The password itself; a config file holding one must be readable by its owner only
+    (a warning at load otherwise). Prefer ``password_file``."""
     password_file: Path | None = None
-    """Read the password from this file instead (keeps secrets out of the config)."""
+    """Read the password from this file instead (keeps secrets out of the config; ``chmod 600``)."""
     tls: bool = False
+    """Connect with TLS (the broker's TLS port, usually 8883), verifying the broker's certificate."""
     tls_ca_file: Path | None = None
+    """PEM file of the CA that signed the broker's certificate (unset: the system's CAs)."""
     tls_cert_file: Path | None = None
+    """PEM client certificate, for brokers that demand one."""
     tls_key_file: Path | None = None
+    """PEM private key of the client certificate (unset: it is in ``tls_cert_file``)."""
     keepalive_s: int = 30
     """MQTT keep-alive, seconds."""
     publish_timeout_s: float = 10.0
@@ -165,6 +177,9 @@ class MqttConfig:
     :mod:`edge_asd.mqtt_discovery`. The retained state topics are published either way."""
     discovery_prefix: str = "homeassistant"
     """Discovery topic prefix (Home Assistant's ``discovery_prefix``)."""
+    remote_commands: bool = False
+    """Accept operator commands on ``<topic_prefix>/<device id>/command`` (see
+    :mod:`edge_asd.remote`); only on an authenticated connection (a username or a client certificate)."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -173,6 +188,18 @@ class MqttConfig:
             raise ParameterError(f"mqtt.topic_prefix must be non-empty without '#' or '+', got {self.topic_prefix!r}")
         if self.password is not None and self.password_file is not None:
             raise ParameterError("mqtt.password and mqtt.password_file are exclusive; give one")
+        if self.username is None and (self.password is not None or self.password_file is not None):
+            raise ParameterError("mqtt.password / mqtt.password_file given without mqtt.username; set mqtt.username")
+        tls_files = [key for key in ("tls_ca_file", "tls_cert_file", "tls_key_file") if getattr(self, key) is not None]
+        if tls_files and not self.tls:
+            # Without tls = true they would be ignored and the login sent in clear text.
+            raise ParameterError(f"mqtt.{tls_files[0]} is set but mqtt.tls = false; set mqtt.tls = true")
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ParameterError("mqtt.tls_key_file is set without mqtt.tls_cert_file; give the client certificate too")
+        if self.remote_commands and self.username is None and self.tls_cert_file is None:
+            raise ParameterError("mqtt.remote_commands = true needs an authenticated broker connection: set mqtt.username "
+                                 "(with mqtt.password_file) or a TLS client certificate (mqtt.tls_cert_file), and a "
+                                 "broker ACL that lets only operators publish to the command topic")
         # Empty levels ("a//b", a leading or trailing '/') would put the configs where Home
         # Assistant never looks; wildcards cannot be published to.
         if not self.discovery_prefix or any(c in self.discovery_prefix for c in "#+") or "" in self.discovery_prefix.split("/"):
@@ -201,6 +228,47 @@ class RuntimeConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HealthConfig:
+    """``edge-asd status`` and the optional Prometheus endpoint (see :mod:`edge_asd.health`)."""
+
+    state_file: Path | None = None
+    """JSON file the running service keeps up to date and ``edge-asd status`` reads. Unset:
+    ``/run/edge-asd/state.json`` when ``/run/edge-asd`` exists (the systemd unit's
+    ``RuntimeDirectory``), else next to the event store (``events.sqlite`` -> ``events.state.json``)."""
+    write_interval_s: float = 5.0
+    """Rewrite the state file at least this often, seconds (also at every period and state
+    change); ``edge-asd status`` calls a file older than 3 x this stale."""
+    metrics_port: int = 0
+    """TCP port of the Prometheus text endpoint (``/metrics``); 0 = off."""
+    metrics_bind: str = "127.0.0.1"
+    """Address the endpoint listens on: loopback by default (the figures stay on the device);
+    ``0.0.0.0`` or ``::`` lets a Prometheus server elsewhere scrape it."""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.write_interval_s) and 0.1 <= self.write_interval_s <= 3600):
+            raise ParameterError(f"health.write_interval_s must be 0.1 to 3600 seconds, got {self.write_interval_s!r}")
+        if not 0 <= self.metrics_port < 65536:
+            raise ParameterError(f"health.metrics_port must be 1..65535 (0 = no metrics endpoint), got {self.metrics_port}")
+        if not _is_address_or_host_name(self.metrics_bind):
+            raise ParameterError("health.metrics_bind must be an IP address (127.0.0.1, 0.0.0.0, ::1) or a host name, "
+                                 f"got {self.metrics_bind!r}")
+
+
+def _is_address_or_host_name(value: str) -> bool:
+    import ipaddress
+    import re
+
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        pass
+    # RFC 1123 labels: letters, digits and inner hyphens, at most 63 characters each.
+    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    return len(value) <= 253 and re.fullmatch(rf"{label}(?:\.{label})*\.?", value) is not None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """A whole device configuration."""
 
@@ -212,6 +280,7 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     service: RuntimeConfig = field(default_factory=RuntimeConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     source_path: Path | None = None
     """The TOML file this came from (``None``: defaults)."""
 
@@ -225,6 +294,7 @@ _SECTIONS: dict[str, type] = {
     "store": StoreConfig,
     "mqtt": MqttConfig,
     "service": RuntimeConfig,
+    "health": HealthConfig,
 }
 
 
@@ -321,9 +391,32 @@ def load_config(path: str | os.PathLike) -> Config:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from exc
     try:
-        return parse_config(data, base=path.resolve().parent, source_path=path)
+        config = parse_config(data, base=path.resolve().parent, source_path=path)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+    _warn_readable_secrets(path, config.mqtt)
+    return config
+
+
+def _warn_readable_secrets(path: Path, mqtt: MqttConfig) -> None:
+    """Warn when the broker password can be read by others than the file's owner: a config file
+    holding ``mqtt.password`` readable by group or others, a ``mqtt.password_file`` readable by
+    others (group read is the usual way to share it with the service's group)."""
+    checks = []
+    if mqtt.password is not None:
+        checks.append((path, stat.S_IRGRP | stat.S_IROTH, ", which holds mqtt.password,",
+                       f"chmod 600 {path}, or move the password to a file named by mqtt.password_file"))
+    if mqtt.password_file is not None:
+        checks.append((mqtt.password_file, stat.S_IROTH, " (mqtt.password_file)", f"chmod 600 {mqtt.password_file}"))
+    for file, readable, what, fix in checks:
+        try:
+            mode = file.stat().st_mode
+        except OSError:
+            continue  # a missing password file is reported when MQTT connects
+        bits = mode & readable
+        if bits:
+            who = {stat.S_IRGRP: "its group", stat.S_IROTH: "others"}.get(bits, "group and others")
+            log.warning("%s%s is readable by %s (mode %03o): %s", file, what, who, stat.S_IMODE(mode), fix)
 
 
 def parse_input_spec(spec: str, base: InputConfig) -> InputConfig:

@@ -96,6 +96,11 @@ class DeviceTopics:
     def score(self) -> str:
         return f"{self.base}/score"
 
+    @property
+    def command(self) -> str:
+        """Operator commands to the device (``mqtt.remote_commands``, :mod:`edge_asd.remote`)."""
+        return f"{self.base}/command"
+
     @staticmethod
     def attributes(topic: str) -> str:
         """The JSON attributes topic that goes with a state topic."""

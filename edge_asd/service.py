@@ -141,6 +141,7 @@ class StreamingScorer:
 
     def __init__(self, detector: Any, *, n_channels: int) -> None:
         self.detector = detector
+        self.n_channels = n_channels
         self.frontend = StreamingFrontend(detector.config, n_channels=n_channels)
         self._n = detector.bundle.window.n_frames
         self._hop = detector.bundle.window.hop_frames
@@ -179,6 +180,13 @@ class StreamingScorer:
         # Kept for the machine-state monitor, which gates on the raw (un-normalised) frame level.
         self.last_frames = self.frontend.push(block)
         return self._add_frames(self.last_frames)
+
+    def switched_to(self, detector: Any) -> "StreamingScorer":
+        """A scorer for ``detector`` that goes on at this one's stream time. Its audio starts afresh,
+        as after a gap: no window mixes frames normalised for two bundles."""
+        new = StreamingScorer(detector, n_channels=self.n_channels)
+        new._clock = new._segment_start = self._clock
+        return new
 
     def skip(self, n_samples: int) -> None:
         """A gap of ``n_samples`` lost samples: time moves on by it, and the audio after it starts
@@ -266,14 +274,24 @@ class Service:
         sd_notify messenger.
     store
         The :class:`edge_asd.sinks.SQLiteStore`, if any: its open alarm is resumed at start.
+    remote
+        The :class:`edge_asd.remote.RemoteOperations`, if remote commands are on: it gets every
+        block (a remote calibrate / enroll records from the stream), and each outcome it reports
+        is a ``command`` event; an outcome with a detector is switched to between two blocks.
+    health
+        The :class:`edge_asd.health.HealthWriter`, if any. It follows the sinks (every event and
+        period, after they are stored and sent; closed first, which writes its ``stopped``
+        snapshot), and gets the counters at every turn of the loop.
     """
 
     def __init__(self, config: Any, *, detector: Any, source: Any, sinks: list[Any], stdout: Any, notifier: Notifier,
-                 store: Any | None = None) -> None:
+                 store: Any | None = None, health: Any | None = None, remote: Any | None = None) -> None:
         self.config = config
         self.detector = detector
         self.source = source
-        self.sinks = sinks
+        self.sinks = sinks if health is None else [*sinks, health]
+        self.health = health
+        self.remote = remote
         self.stdout = stdout
         self.notifier = notifier
         self.store = store
@@ -490,6 +508,7 @@ class Service:
         (logged with its traceback). An :class:`EdgeASDError` from capture is raised.
         """
         self._resume_open_alarm()
+        self._update_health()  # "starting", before the seconds of warm-up
         self._warm_up()
         self._thread.start()
         self.notifier.ready(f"listening, threshold {self.alarm.threshold:.4g}"
@@ -512,6 +531,9 @@ class Service:
                 log.warning("no audio for %.1f s: the watchdog is no longer pinged", stall_s)
             if self.store is not None:
                 self._retry_store()
+            self._update_health()
+            if self.remote is not None:
+                self._handle_commands()
             if self._stop_requested_at is not None and time.monotonic() - self._stop_requested_at > CAPTURE_STOP_TIMEOUT_S:
                 log.warning("capture did not stop within %.1f s of the stop request (stuck in a device read?); "
                             "closing the period without it", CAPTURE_STOP_TIMEOUT_S)
@@ -546,6 +568,37 @@ class Service:
         if isinstance(self._capture_error, EdgeASDError):
             raise self._capture_error
         return 1 if self._capture_error is not None else 0
+
+    def _handle_commands(self) -> None:
+        """Report what remote commands did as ``command`` events; switch to a new detector."""
+        from edge_asd.sinks import Event
+
+        for outcome in self.remote.poll():
+            if outcome.detector is not None:
+                self._switch_detector(outcome.detector)
+            event = Event.create(device=self.config.device.id, kind="command", stream_time_s=round(self.scorer.time_s, 3),
+                                 score=None, threshold=self.alarm.threshold, details=outcome.event_details())
+            self.stats.events += 1
+            for sink in self.sinks:
+                sink.emit(event)
+
+    def _switch_detector(self, detector: Any) -> None:
+        """Run ``detector`` from the next block on: its threshold, a scorer at the same stream time.
+        The sensor and machine-state monitors keep their state (and what they learned at start)."""
+        from edge_asd.health import bundle_info
+
+        self.detector = detector
+        self.scorer = self.scorer.switched_to(detector)
+        self.alarm.threshold = detector.threshold_
+        if self.health is not None:
+            self.health.set_bundle(bundle_info(detector.bundle, model=detector.which), threshold=detector.threshold_)
+        log.info("now running %s (threshold %.4g)", detector.bundle.path, detector.threshold_)
+
+    def _update_health(self) -> None:
+        """Push the counters into the health writer (it writes when its interval has passed)."""
+        if self.health is not None:
+            self.health.update(self.stats, queue_depth=self._queue.qsize(), queue_capacity=self._queue.maxsize,
+                               alarm=self.alarm.alarm, threshold=self.alarm.threshold)
 
     def _retry_store(self) -> None:
         """Write events the store holds in memory (it throttles itself); never let it stop detection."""
@@ -583,6 +636,8 @@ class Service:
             self.stats.gap_samples += gap
             self.scorer.skip(gap)
         t0 = time.perf_counter()
+        if self.remote is not None:
+            self.remote.on_block(block)
         start_s = self.scorer.time_s
         check, sensor = self.quality.update(block, start_s=start_s) if self.quality else (None, None)
         windows = self.scorer.push(block)
@@ -606,7 +661,10 @@ class Service:
         cost the store the events it holds in memory. Each failure is logged with its traceback;
         the first is raised once all are closed."""
         errors: list[BaseException] = []
-        for what, closable in [("the audio source", self.source)] + [(type(s).__name__, s) for s in reversed(self.sinks)]:
+        closables = [("the audio source", self.source)] + [(type(s).__name__, s) for s in reversed(self.sinks)]
+        if self.remote is not None:
+            closables.insert(1, ("remote operations", self.remote))
+        for what, closable in closables:
             try:
                 closable.close()
             except Exception as exc:
@@ -675,6 +733,7 @@ def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable
     """
     from edge_asd.audio.sources import open_source
     from edge_asd.detector import Detector
+    from edge_asd.health import open_health
     from edge_asd.sinks import MqttForwarder, SQLiteStore, StdoutSink
 
     notifier = Notifier()
@@ -695,14 +754,24 @@ def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable
                         memory_events=config.store.memory_events, strict=False)
     # The store first: an event is durable before stdout (the sink most likely to fail) sees it.
     sinks: list[Any] = [store, stdout]
+    # Before MQTT starts: a metrics port in use is a start-up error, with no online/offline flap.
+    health = open_health(config, bundle=detector.bundle, model=detector.which, store=store)
+    remote = None
+    if config.mqtt.enabled and config.mqtt.remote_commands:
+        from edge_asd.remote import RemoteOperations
+
+        remote = RemoteOperations(config, sr=source.sr, n_channels=source.n_channels,
+                                  status=lambda: health.snapshot().to_dict())
     if config.mqtt.enabled:
-        forwarder = MqttForwarder(config.mqtt, device_id=config.device.id, store=store)
+        forwarder = MqttForwarder(config.mqtt, device_id=config.device.id, store=store,
+                                  on_command=None if remote is None else remote.submit)
         store.on_failure = forwarder.publish_store_failure
         if store.failed_writes:
             forwarder.publish_store_failure(f"event store {store.path}: cannot be opened (see the journal)")
         forwarder.start()
         sinks.append(forwarder)
-    service = Service(config, detector=detector, source=source, sinks=sinks, stdout=stdout, notifier=notifier, store=store)
+    service = Service(config, detector=detector, source=source, sinks=sinks, stdout=stdout, notifier=notifier, store=store,
+                      health=health, remote=remote)
     service.threshold_warning = threshold_warning
     if install_signals:
         signal.signal(signal.SIGTERM, service.request_stop)

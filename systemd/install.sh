@@ -61,6 +61,15 @@ if [[ -n "$bundle" ]]; then
     mv /var/lib/edge-asd/bundle.new /var/lib/edge-asd/bundle
 fi
 
+# Compile the front end's numba kernels into the service's cache now, as the service user: the
+# service's first start then loads them instead of compiling, which would raise its peak memory
+# by ~15 MB (benchmarks/results/import_memory.md) and delay READY by seconds.
+if [[ -f /var/lib/edge-asd/bundle/bundle.json ]]; then
+    runuser -u edge-asd -- env NUMBA_CACHE_DIR=/var/lib/edge-asd/numba-cache \
+        "$prefix/venv/bin/edge-asd" bench /var/lib/edge-asd/bundle --seconds 2 --repeats 1 >/dev/null \
+        || echo "install.sh: warming the numba cache failed; the service will compile its kernels at first start" >&2
+fi
+
 # 4. The unit.
 install -m 0644 "$here/edge-asd.service" /etc/systemd/system/edge-asd.service
 systemctl daemon-reload
@@ -72,6 +81,7 @@ fi
 cat <<MSG
 edge-asd installed.
   logs:        journalctl -u edge-asd -f
+  status:      $prefix/venv/bin/edge-asd status     (exit code 0 = running; --json for scripts)
   calibrate:   sudo -u edge-asd $prefix/venv/bin/edge-asd calibrate /var/lib/edge-asd/bundle --config /etc/edge-asd/edge-asd.toml --seconds 600
                then: sudo systemctl restart edge-asd
 MSG

@@ -26,7 +26,7 @@ def clip(tmp_path_factory):
     return machine_clips(tmp_path_factory.mktemp("clips"), ["normal", "anomaly"])
 
 
-@pytest.mark.parametrize("command", ["run", "calibrate", "enroll", "score", "devices", "info", "bench", "features"])
+@pytest.mark.parametrize("command", ["run", "calibrate", "enroll", "score", "devices", "info", "bench", "features", "record", "status"])
 def test_help_everywhere(command):
     result = edge_asd(command, "--help", timeout=60)
     assert result.returncode == 0 and "Usage:" in result.stdout

@@ -1,0 +1,429 @@
+"""Remote operations: an operator's commands to a running detector, over its MQTT connection.
+
+Off by default; ``mqtt.remote_commands = true`` turns it on, and the configuration is refused
+unless the broker connection authenticates (a username, or a TLS client certificate): anyone who
+can publish to the command topic can change what the detector listens for. Commands are JSON
+objects on ``<topic_prefix>/<device id>/command``::
+
+    {"id": "op-17", "command": "status"}
+    {"id": "op-18", "command": "calibrate", "seconds": 600, "false_alarms_per_day": 1}
+    {"id": "op-19", "command": "enroll", "seconds": 600}
+    {"id": "op-20", "command": "reload"}
+    {"id": "op-21", "command": "reload", "bundle": "/var/lib/edge-asd/incoming/v7"}
+
+The result of every command, done or refused, is an event of kind ``command`` (through the store's
+outbox, QoS 1, like every event) whose details name the command's ``id``, say ``ok`` and why.
+
+``calibrate`` / ``enroll`` record the next ``seconds`` of the service's own stream (the service
+holds the microphone) into a wav file beside the bundle, then run on it exactly what the
+``edge-asd calibrate`` / ``enroll`` commands run, on a copy of the bundle. ``reload`` re-reads the
+running bundle's folder, or installs another bundle folder in its place.
+
+Every change goes the same way, so a bad bundle never replaces a good one: the new bundle (the
+edited copy, or the folder named) is verified first — ``bundle.json`` parses, every model file
+matches the sha256 recorded for it, the detector loads and scores a window, and its threshold was
+set for this configuration — and only then takes the running bundle's place, with one atomic
+exchange of the two folders (``renameat2(RENAME_EXCHANGE)``). The previous bundle is kept at
+``<bundle>.previous``. The detector is then loaded from the running bundle's path; should that
+fail, the exchange is undone. Detection goes on with the old detector until the new one is
+swapped in between two blocks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import json
+import logging
+import math
+import os
+import queue
+import shutil
+import threading
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edge_asd.errors import EdgeASDError
+
+__all__ = ["COMMANDS", "Command", "CommandError", "CommandOutcome", "RemoteOperations", "exchange_dirs",
+           "parse_command", "verify_bundle"]
+
+log = logging.getLogger(__name__)
+
+COMMANDS = ("status", "calibrate", "enroll", "reload")
+MAX_COMMAND_BYTES = 4096
+MAX_RECORD_S = 3600.0
+"""Longest remote calibrate / enroll recording, seconds."""
+DISK_MARGIN_BYTES = 16 * 1024 * 1024
+"""Space left free below the bundle's folder after a remote recording, bytes."""
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class CommandError(EdgeASDError):
+    """A remote command that cannot be carried out (malformed, refused, or failed)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """One parsed remote command."""
+
+    id: str
+    name: str
+    seconds: float | None = None
+    """calibrate / enroll: audio to record from the running stream, seconds."""
+    false_alarms_per_day: float = 1.0
+    bundle: Path | None = None
+    """reload: the bundle folder to install (default: re-read the running one)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandOutcome:
+    """What became of a command; ``detector`` is set when the service must switch to it."""
+
+    command_id: str
+    command: str
+    ok: bool
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+    detector: Any | None = None
+    ends_command: bool = field(default=False, repr=False)
+    """The outcome of the command being carried out (not a refusal of another one)."""
+
+    def event_details(self) -> dict[str, Any]:
+        """The ``details`` of the ``command`` event that reports this outcome."""
+        return {"command_id": self.command_id, "command": self.command, "ok": self.ok, "message": self.message,
+                **self.details}
+
+
+def parse_command(payload: bytes | str) -> Command:
+    """Parse a command message; :class:`CommandError` says what is wrong with it."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError(f"command message of {len(payload)} bytes is longer than {MAX_COMMAND_BYTES}")
+    try:
+        raw = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CommandError(f"command is not JSON ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise CommandError('command must be a JSON object such as {"id": "op-1", "command": "status"}')
+    command_id = raw.get("id")
+    if not isinstance(command_id, str) or not command_id or len(command_id) > 128:
+        raise CommandError('command needs an "id": a non-empty string of at most 128 characters')
+    name = raw.get("command")
+    if name not in COMMANDS:
+        raise CommandError(f'command {command_id}: "command" must be one of {list(COMMANDS)}, got {name!r}')
+    allowed = {"id", "command"} | {"calibrate": {"seconds", "false_alarms_per_day"}, "enroll": {"seconds", "false_alarms_per_day"},
+                                    "reload": {"bundle"}, "status": set()}[name]
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        raise CommandError(f"command {command_id}: {name} takes no {unknown} (it takes {sorted(allowed - {'id', 'command'})})")
+    seconds = raw.get("seconds")
+    if name in ("calibrate", "enroll"):
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_RECORD_S:
+            raise CommandError(f'command {command_id}: {name} needs "seconds" in (0, {MAX_RECORD_S:g}], got {seconds!r}')
+    rate = raw.get("false_alarms_per_day", 1.0)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
+        raise CommandError(f'command {command_id}: "false_alarms_per_day" must be a number > 0, got {rate!r}')
+    bundle = raw.get("bundle")
+    if bundle is not None and (not isinstance(bundle, str) or not bundle):
+        raise CommandError(f'command {command_id}: "bundle" must be a folder path, got {bundle!r}')
+    return Command(id=command_id, name=name, seconds=None if seconds is None else float(seconds),
+                   false_alarms_per_day=float(rate), bundle=None if bundle is None else Path(bundle))
+
+
+def exchange_dirs(a: Path, b: Path) -> None:
+    """Swap two folders atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Where the call or the file system does not support it, falls back to three renames through a
+    temporary name (not atomic: a crash in between leaves one of them under that name)."""
+    libc_name = ctypes.util.find_library("c")
+    renameat2 = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None) if libc_name else None
+    if renameat2 is not None:
+        if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: no exchange here; anything else is real
+            raise OSError(err, os.strerror(err), str(a))
+    tmp = a.with_name(a.name + ".exchange")
+    os.rename(a, tmp)
+    os.rename(b, a)
+    os.rename(tmp, b)
+
+
+def verify_bundle(path: Path, config: Any, *, sr: int, n_channels: int) -> Any:
+    """Load and check the bundle at ``path`` for ``config`` and return its detector.
+
+    Checks the model files against their sha256 (:func:`edge_asd.bundle.read_bundle`), the
+    interpreter, one scored window, and the threshold's record against the configuration
+    (:func:`edge_asd.service.check_threshold_setting`). Raises an :class:`EdgeASDError` naming
+    what is wrong."""
+    from edge_asd.detector import Detector
+    from edge_asd.service import StreamingScorer, check_threshold_setting
+
+    detector = Detector.from_bundle(path, model=config.device.model, num_threads=config.device.num_threads,
+                                    class_label=config.device.class_label)
+    if detector.config.sr != sr:
+        raise CommandError(f"{path}: its features need {detector.config.sr} Hz but the running stream is at {sr} Hz; "
+                           "restart the service to change the rate")
+    check_threshold_setting(detector.bundle, config, n_channels=n_channels)
+    cfg = detector.config
+    n = cfg.n_fft + (detector.bundle.window.n_frames + 1) * cfg.hop_length
+    scores = StreamingScorer(detector, n_channels=n_channels).push(np.zeros((n, n_channels), dtype=np.float32))
+    if not scores or not all(math.isfinite(s) for _, s in scores):
+        raise CommandError(f"{path}: the model does not give a finite score for a window of silence")
+    return detector
+
+
+class _Tap:
+    """Writes the next ``seconds`` of the service's blocks to a 16-bit wav file."""
+
+    def __init__(self, path: Path, *, sr: int, n_channels: int, seconds: float) -> None:
+        self.path = path
+        self.remaining = int(round(seconds * sr))
+        self._wav = wave.open(str(path), "wb")
+        self._wav.setnchannels(n_channels)
+        self._wav.setsampwidth(2)
+        self._wav.setframerate(sr)
+
+    @property
+    def done(self) -> bool:
+        return self.remaining <= 0
+
+    def write(self, block: np.ndarray) -> None:
+        block = block[: self.remaining]
+        pcm = np.clip(np.round(np.asarray(block, dtype=np.float32) * 32768.0), -32768, 32767).astype("<i2")
+        self._wav.writeframes(pcm.tobytes())
+        self.remaining -= block.shape[0]
+
+    def close(self) -> None:
+        self._wav.close()
+
+
+class RemoteOperations:
+    """Carries out remote commands for a running service, one at a time.
+
+    :meth:`submit` is called from the MQTT client's thread with each command message;
+    :meth:`on_block` and :meth:`poll` from the service's processing loop, which emits each
+    outcome as a ``command`` event and switches to an outcome's detector. Recording, fitting and
+    verifying run in a worker thread, so detection never waits for them.
+
+    Parameters
+    ----------
+    config
+        The running :class:`edge_asd.config.Config`.
+    sr, n_channels
+        Of the blocks the service processes (Hz, channels).
+    status
+        Returns the service's health snapshot as a JSON-able dict (the ``status`` command).
+    """
+
+    def __init__(self, config: Any, *, sr: int, n_channels: int, status: Callable[[], dict[str, Any]]) -> None:
+        self.config = config
+        self.sr = sr
+        self.n_channels = n_channels
+        self.bundle_path = Path(config.device.bundle)
+        self._status = status
+        self._inbox: queue.Queue = queue.Queue()
+        self._outcomes: queue.Queue = queue.Queue()
+        self._busy: Command | None = None
+        self._tap: _Tap | None = None
+        self._worker: threading.Thread | None = None
+
+    # -- MQTT thread -------------------------------------------------------------------------------
+    def submit(self, payload: bytes | str) -> None:
+        """Queue a command message (a malformed one is answered with a refusal)."""
+        try:
+            command = parse_command(payload)
+        except CommandError as exc:
+            log.warning("remote command refused: %s", exc)
+            command_id = _id_of(payload)
+            self._outcomes.put(CommandOutcome(command_id=command_id, command="?", ok=False, message=str(exc)))
+            return
+        log.info("remote command %s: %s", command.id, command.name)
+        self._inbox.put(command)
+
+    # -- processing loop ---------------------------------------------------------------------------
+    def on_block(self, block: np.ndarray) -> None:
+        """Feed a recording in progress; when it is complete, start fitting on it."""
+        if self._tap is None:
+            return
+        try:
+            self._tap.write(block)
+        except OSError as exc:
+            self._tap.close()
+            self._tap.path.unlink(missing_ok=True)
+            self._tap = None
+            self._finish(False, f"cannot write the recording ({exc.strerror or exc}); nothing changed")
+            return
+        if self._tap.done:
+            self._tap.close()
+            tap, self._tap = self._tap, None
+            self._start_worker(lambda: self._fit_on_recording(self._busy, tap.path))
+
+    def poll(self) -> list[CommandOutcome]:
+        """Outcomes to report (and detectors to switch to); starts the next queued command."""
+        if self._busy is None:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                command = None
+            if command is not None:
+                self._start(command)
+        elif not self._inbox.empty():
+            # Refuse rather than queue: an operator who sent two commands should know which one ran.
+            late = self._inbox.get_nowait()
+            self._outcomes.put(CommandOutcome(command_id=late.id, command=late.name, ok=False,
+                                              message=f"busy with command {self._busy.id} ({self._busy.name}); send it again later"))
+        done: list[CommandOutcome] = []
+        while True:
+            try:
+                outcome = self._outcomes.get_nowait()
+            except queue.Empty:
+                return done
+            if outcome.ends_command:
+                self._busy = None
+            done.append(outcome)
+
+    def close(self) -> None:
+        """Abandon a recording in progress (its file is removed) and wait briefly for the worker."""
+        if self._tap is not None:
+            self._tap.close()
+            self._tap.path.unlink(missing_ok=True)
+            self._tap = None
+        if self._worker is not None:
+            self._worker.join(timeout=10.0)
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def _start(self, command: Command) -> None:
+        self._busy = command
+        if command.name == "status":
+            self._finish(True, "status", details={"status": self._status()})
+        elif command.name == "reload":
+            target = command.bundle
+            self._start_worker(lambda: self._install(command, None if target is None else target.expanduser().resolve()))
+        else:
+            self._start_recording(command)
+
+    def _start_recording(self, command: Command) -> None:
+        assert command.seconds is not None
+        need = int(command.seconds * self.sr) * self.n_channels * 2 + DISK_MARGIN_BYTES
+        folder = self.bundle_path.parent
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError as exc:
+            self._finish(False, f"cannot check free space in {folder} ({exc.strerror or exc})")
+            return
+        if free < need:
+            self._finish(False, f"{folder}: {free / 1e6:.0f} MB free, {need / 1e6:.0f} MB needed to record "
+                                f"{command.seconds:g} s; free space or ask for fewer seconds")
+            return
+        path = folder / f".{self.bundle_path.name}.{command.name}-{_safe(command.id)}.wav"
+        try:
+            self._tap = _Tap(path, sr=self.sr, n_channels=self.n_channels, seconds=command.seconds)
+        except OSError as exc:
+            self._finish(False, f"{path}: cannot write the recording ({exc.strerror or exc})")
+            return
+        log.info("remote %s %s: recording %g s from the running stream", command.name, command.id, command.seconds)
+
+    def _start_worker(self, job: Callable[[], tuple[str, dict[str, Any], Any]]) -> None:
+        """Run ``job`` in a thread; it returns ``(message, details, detector)`` of a success, and
+        everything it leaves behind is cleaned up by then (the outcome is reported last)."""
+        command = self._busy
+
+        def run() -> None:
+            try:
+                message, details, detector = job()
+                self._finish(True, message, details=details, detector=detector, command=command)
+            except EdgeASDError as exc:
+                self._finish(False, f"{exc} (nothing changed: {self.bundle_path} keeps running)", command=command)
+            except Exception as exc:  # a bug: keep the traceback, and answer the operator anyway
+                log.exception("remote command %s failed", command.id if command else "?")
+                self._finish(False, f"internal error: {type(exc).__name__}: {exc}", command=command)
+
+        self._worker = threading.Thread(target=run, name="remote-command", daemon=True)
+        self._worker.start()
+
+    def _fit_on_recording(self, command: Command, wav_path: Path) -> tuple[str, dict[str, Any], Any]:
+        """Calibrate or enroll a copy of the running bundle on the recording, then install it."""
+        from edge_asd.calibration import calibrate_bundle
+        from edge_asd.config import InputConfig
+        from edge_asd.enrollment import enroll_bundle
+
+        staging = self.bundle_path.with_name(f".{self.bundle_path.name}.staging-{_safe(command.id)}")
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(self.bundle_path, staging)
+            inp = InputConfig(kind="wav", path=wav_path, channels=self.n_channels, sample_rate_hz=self.sr, realtime=False)
+            common = dict(seconds=command.seconds, period_s=self.config.alarm.period_s,
+                          false_alarms_per_day=command.false_alarms_per_day, model=self.config.device.model,
+                          class_label=self.config.device.class_label)
+            if command.name == "calibrate":
+                done = calibrate_bundle(staging, inp, **common)
+                summary = {"threshold": done.result.threshold, "previous_threshold": done.previous.value,
+                           "statement": done.result.statement()}
+            else:
+                enrolled = enroll_bundle(staging, inp, **common)
+                summary = {"threshold": enrolled.calibration.threshold, "statement": enrolled.calibration.statement(),
+                           "factory_exceedances": enrolled.factory_exceedances, "n_periods": enrolled.n_periods}
+            return self._install(command, staging, summary=summary)
+        finally:
+            wav_path.unlink(missing_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _install(self, command: Command, new: Path | None, *,
+                 summary: dict[str, Any] | None = None) -> tuple[str, dict[str, Any], Any]:
+        """Verify ``new`` (default: the running bundle's folder, re-read) and put it in the running
+        bundle's place; return the outcome's message, details and the detector to switch to."""
+        summary = dict(summary or {})
+        live = self.bundle_path
+        if new is None or new == live.resolve():
+            detector = verify_bundle(live, self.config, sr=self.sr, n_channels=self.n_channels)
+            return f"reloaded {live}", summary, detector
+        if not (new / "bundle.json").is_file():
+            raise CommandError(f"{new}: not a model bundle (no bundle.json)")
+        verify_bundle(new, self.config, sr=self.sr, n_channels=self.n_channels)
+        previous = live.with_name(live.name + ".previous")
+        exchange_dirs(new, live)  # ``new`` now holds the bundle that was running
+        try:
+            detector = verify_bundle(live, self.config, sr=self.sr, n_channels=self.n_channels)
+        except EdgeASDError as exc:
+            exchange_dirs(new, live)
+            raise CommandError(f"{live}: the new bundle failed to load in place ({exc}); the previous one is back") from exc
+        if command.name == "reload":
+            # The operator's folder now holds the old bundle: keep it as the one to roll back to.
+            shutil.rmtree(previous, ignore_errors=True)
+            os.rename(new, previous)
+        else:
+            shutil.rmtree(previous, ignore_errors=True)
+            shutil.copytree(new, previous)
+        summary["previous_bundle"] = str(previous)
+        return f"{command.name}: {live} now runs the new bundle (previous kept at {previous})", summary, detector
+
+    def _finish(self, ok: bool, message: str, *, details: dict[str, Any] | None = None, detector: Any = None,
+                command: Command | None = None) -> None:
+        command = command or self._busy
+        assert command is not None
+        (log.info if ok else log.warning)("remote command %s (%s): %s", command.id, command.name, message)
+        self._outcomes.put(CommandOutcome(command_id=command.id, command=command.name, ok=ok, message=message,
+                                          details=details or {}, detector=detector, ends_command=True))
+
+
+def _safe(text: str) -> str:
+    """``text`` usable in a file name."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:64]
+
+
+def _id_of(payload: bytes | str) -> str:
+    """The ``id`` of a command that failed to parse, if it has one (to answer it by)."""
+    try:
+        raw = json.loads(payload)
+        value = raw.get("id") if isinstance(raw, dict) else None
+        return value if isinstance(value, str) and 0 < len(value) <= 128 else "?"
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
+        return "?"
