@@ -14,6 +14,18 @@ Schema 2 (schema 1 bundles still load, with identity score scaling and no enroll
   exported (factory) or as fitted on site by ``edge-asd enroll``. The *active* values stay in the
   top-level ``normalization``, ``score_scaling`` and ``threshold`` sections, which are the only ones
   the detector reads; ``edge-asd enroll --rollback`` copies the factory ones back unchanged.
+
+Schema 3 = schema 2 plus an optional scoring back end (:mod:`edge_asd.backends`):
+
+- ``backend``: ``{"kind", "file", "sha256", "representation", "dim", "summary", "fitted_on"}``, the
+  *active* back end, a ``.npz`` file in the bundle directory that replaces the model's window score
+  by a score over the window's error vector. ``enrollment.factory.backend`` keeps the exported one
+  and ``enrollment.site.backend`` the one ``edge-asd enroll`` wrote (with its site bank / target
+  statistics); rollback makes the factory one active again.
+
+A bundle is written in schema 3 only when it carries a back end, so that an edge-asd older than
+back ends refuses it (``schema version 3 is not supported``) instead of scoring plain MSE against a
+threshold set in back-end units; bundles without one stay schema 2, readable by older devices.
 """
 
 from __future__ import annotations
@@ -31,17 +43,20 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
+from edge_asd.backends import BACKEND_KINDS, REPRESENTATIONS, load_backend
 from edge_asd.errors import BundleError, ParameterError
 from edge_asd.frontend.config import FeatureConfig
 
 __all__ = [
     "SCHEMA_VERSION",
+    "BACKEND_SCHEMA_VERSION",
     "BUNDLE_JSON",
     "MODEL_FILES",
     "SCORE_KINDS",
     "WindowConfig",
     "Normalization",
     "ScoreScaling",
+    "BackendRef",
     "EnrollmentValues",
     "SiteEnrollment",
     "Enrollment",
@@ -53,11 +68,15 @@ __all__ = [
     "write_bundle",
     "update_threshold",
     "file_sha256",
+    "verify_backend_file",
 ]
 
 SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
-"""Schema versions this edge-asd reads (1: no score scaling, no enrollment record)."""
+"""Schema of bundles without a scoring back end."""
+BACKEND_SCHEMA_VERSION = 3
+"""Schema of bundles with a scoring back end (see the module docstring)."""
+READABLE_SCHEMAS = (1, 2, 3)
+"""Schema versions this edge-asd reads (1: no score scaling, no enrollment record; 3: a back end)."""
 BUNDLE_JSON = "bundle.json"
 MODEL_FILES = {"int8": "model_int8.tflite", "float": "model_float.tflite"}
 SCORE_KINDS = ("reconstruction_mse", "neg_log_prob", "anomaly_prob")
@@ -216,26 +235,72 @@ class Threshold:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BackendRef:
+    """A scoring back end file of the bundle (:mod:`edge_asd.backends`) and what it was fitted on."""
+
+    kind: str
+    """One of :data:`edge_asd.backends.BACKEND_KINDS`."""
+    file: str
+    """File name inside the bundle directory (``.npz``)."""
+    sha256: str
+    representation: str
+    """What the back end scores: one of :data:`edge_asd.backends.REPRESENTATIONS`."""
+    dim: int
+    """Size of the vectors (features per frame for the band representations)."""
+    summary: str = ""
+    """One line for ``edge-asd info`` (kind, parameters, bank sizes)."""
+    fitted_on: Mapping[str, Any] = field(default_factory=dict)
+    """Where the arrays came from: clips, windows, the hyper-parameters and how they were chosen."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in BACKEND_KINDS:
+            raise ParameterError(f"backend.kind must be one of {BACKEND_KINDS}, got {self.kind!r}")
+        if self.representation not in REPRESENTATIONS:
+            raise ParameterError(f"backend.representation must be one of {REPRESENTATIONS}, got {self.representation!r}")
+        if not self.file or Path(self.file).name != self.file or self.file.startswith("."):
+            raise ParameterError(f"backend.file must be a plain file name inside the bundle, got {self.file!r}")
+        if len(self.sha256) != 64:
+            raise ParameterError(f"backend.sha256 must be a SHA-256 hex digest, got {self.sha256!r}")
+        if self.dim < 1:
+            raise ParameterError(f"backend.dim must be >= 1, got {self.dim}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "fitted_on": dict(self.fitted_on)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "BackendRef":
+        return cls(kind=str(raw["kind"]), file=str(raw["file"]), sha256=str(raw["sha256"]),
+                   representation=str(raw["representation"]), dim=int(raw["dim"]), summary=str(raw.get("summary", "")),
+                   fitted_on=dict(raw.get("fitted_on", {})))
+
+
+@dataclass(frozen=True, kw_only=True)
 class EnrollmentValues:
-    """The three things enrollment changes and rollback restores."""
+    """The things enrollment changes and rollback restores (the back end only in schema 3)."""
 
     normalization: Normalization
     score_scaling: ScoreScaling
     threshold: Threshold
+    backend: BackendRef | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "normalization": dataclasses.asdict(self.normalization),
             "score_scaling": dataclasses.asdict(self.score_scaling),
             "threshold": self.threshold.to_dict(),
         }
+        if self.backend is not None:
+            out["backend"] = self.backend.to_json()
+        return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> "EnrollmentValues":
+        backend = raw.get("backend")
         return cls(
             normalization=Normalization.from_dict(raw["normalization"]),
             score_scaling=ScoreScaling.from_dict(raw["score_scaling"]),
             threshold=Threshold.from_dict(raw["threshold"]),
+            backend=None if backend is None else BackendRef.from_json(backend),
         )
 
 
@@ -302,20 +367,38 @@ class Bundle:
     score_scaling: ScoreScaling = field(default_factory=ScoreScaling)
     enrollment: Enrollment | None = None
     """Factory and site values; ``None`` for schema 1 bundles never enrolled."""
+    backend: BackendRef | None = None
+    """The active scoring back end; ``None``: the model's own window score."""
     provenance: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
-    """The schema the bundle was read in; it is always written in :data:`SCHEMA_VERSION`."""
+    """The schema the bundle was read in; it is written in :data:`SCHEMA_VERSION`, or
+    :data:`BACKEND_SCHEMA_VERSION` when it refers to a back end."""
 
     def model_path(self, which: Literal["int8", "float"] = "int8") -> Path:
         return self.path / MODEL_FILES[which]
+
+    def backend_refs(self) -> list[tuple[str, BackendRef]]:
+        """Every back end file the bundle refers to: ``("active" | "factory" | "site", ref)``."""
+        refs = [("active", self.backend)] if self.backend is not None else []
+        e = self.enrollment
+        if e is not None:
+            refs += [("factory", e.factory.backend)] if e.factory.backend is not None else []
+            refs += [("site", e.site.values.backend)] if e.site is not None and e.site.values.backend is not None else []
+        return refs
+
+    def load_backend(self):
+        """The active back end (:mod:`edge_asd.backends`), or ``None``."""
+        if self.backend is None:
+            return None
+        return load_backend(self.path / self.backend.file, dim=self.backend.dim)
 
     def to_json(self) -> dict[str, Any]:
         """The ``bundle.json`` object."""
         model = dataclasses.asdict(self.model)
         model["quantization"] = {k: dataclasses.asdict(v) for k, v in self.model.quantization.items()}
-        return {
-            "schema_version": SCHEMA_VERSION,
+        out = {
+            "schema_version": BACKEND_SCHEMA_VERSION if self.backend_refs() else SCHEMA_VERSION,
             "features": self.features.to_dict(),
             "window": dataclasses.asdict(self.window),
             "normalization": dataclasses.asdict(self.normalization),
@@ -326,6 +409,9 @@ class Bundle:
             "provenance": dict(self.provenance),
             "metrics": dict(self.metrics),
         }
+        if self.backend is not None:
+            out["backend"] = self.backend.to_json()
+        return out
 
 
 def file_sha256(path: Path) -> str:
@@ -365,6 +451,7 @@ def _parse(data: Any, path: Path) -> Bundle:
         model_raw["quantization"] = {k: QuantParams(**v) for k, v in model_raw.get("quantization", {}).items()}
         model = ModelInfo(**model_raw)
         threshold = Threshold.from_dict(_section(data, "threshold", where))
+        backend = None if data.get("backend") is None else BackendRef.from_json(data["backend"])
     except BundleError:
         raise
     except (ParameterError, TypeError, KeyError, ValueError) as exc:
@@ -381,7 +468,7 @@ def _parse(data: Any, path: Path) -> Bundle:
             f"{where}: model input {model.input_shape} does not fit windows of {window.n_frames} frames × "
             f"{features.n_features} features (batch 1); the bundle is inconsistent, re-export it"
         )
-    return Bundle(
+    parsed = Bundle(
         path=path,
         features=features,
         window=window,
@@ -390,10 +477,29 @@ def _parse(data: Any, path: Path) -> Bundle:
         threshold=threshold,
         score_scaling=scaling,
         enrollment=enrollment,
+        backend=backend,
         provenance=data.get("provenance", {}),
         metrics=data.get("metrics", {}),
         schema_version=version,
     )
+    for name, ref in parsed.backend_refs():
+        _check_backend_ref(ref, name, parsed, where)
+    return parsed
+
+
+def _check_backend_ref(ref: BackendRef, name: str, bundle: Bundle, where: Path) -> None:
+    """A back end needs a reconstruction model and vectors of the model's size (no file access)."""
+    label = "backend" if name == "active" else f"enrollment.{name}.backend"
+    if bundle.model.score != "reconstruction_mse":
+        raise BundleError(
+            f"{where}: {label} scores reconstruction error vectors but the model's score is "
+            f"{bundle.model.score!r}; re-export the bundle without --backend"
+        )
+    if ref.dim != bundle.features.n_features:
+        raise BundleError(
+            f"{where}: {label} works on {ref.dim}-dimensional vectors but the model gives {bundle.features.n_features} "
+            "per window (one per feature); the bundle is inconsistent, re-export it"
+        )
 
 
 def _parse_enrollment(raw: Any, where: Path, n_features: int) -> Enrollment | None:
@@ -457,7 +563,27 @@ def read_bundle(path: str | os.PathLike, *, verify_files: bool = True) -> Bundle
                     f"{model_file}: does not match the digest in {meta} (truncated, corrupt or from "
                     "another bundle); re-copy the bundle"
                 )
+        for name, ref in bundle.backend_refs():
+            verify_backend_file(bundle, ref, meta)
     return bundle
+
+
+def verify_backend_file(bundle: Bundle, ref: BackendRef, meta: Path | None = None) -> None:
+    """Check that a back end file exists, matches its digest and holds a back end of the bundle's
+    kind and vector size (:func:`edge_asd.backends.load_backend`'s checks); raise :class:`BundleError`
+    naming the file otherwise."""
+    meta = meta or bundle.path / BUNDLE_JSON
+    target = bundle.path / ref.file
+    if not target.is_file():
+        raise BundleError(f"{target}: back end file missing (named in {meta}); re-copy the whole bundle directory")
+    if file_sha256(target) != ref.sha256:
+        raise BundleError(
+            f"{target}: does not match the digest in {meta} (truncated, corrupt or from another bundle); "
+            "re-copy the bundle"
+        )
+    backend = load_backend(target, dim=ref.dim)
+    if backend.kind != ref.kind:
+        raise BundleError(f"{target}: holds a {backend.kind} back end but {meta} says {ref.kind}; re-copy the bundle")
 
 
 def _atomic_write_text(target: Path, text: str) -> None:

@@ -5,16 +5,21 @@ threshold, ``predict`` is ``score > threshold_``. Every window score is standard
 bundle's score scaling, ``(raw − mean) / std``, in :meth:`Detector.score_window`, the one place all
 scores pass through (service, calibration, enrollment, ``score`` and the trainer's evaluation). The trainer's evaluation and the device both
 score through this class, so a clip gets the same score on the desk and on the device.
+
+With a scoring back end in the bundle (:mod:`edge_asd.backends`), the raw window score of an
+autoencoder is the back end's score of the window's error vector instead of its mean squared error;
+score scaling, threshold, calibration and enrollment then work on that score as they do on the MSE.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Iterable, Literal
+from typing import Any, Iterable, Literal
 
 import numpy as np
 
 from edge_asd.audio.resample import resample
+from edge_asd.backends import band_errors, represent
 from edge_asd.bundle import Bundle, read_bundle
 from edge_asd.errors import BundleError, ParameterError
 from edge_asd.frontend import compute_features
@@ -52,6 +57,10 @@ class Detector:
     class_label
         For ``neg_log_prob`` bundles: the machine class this detector listens to (one of
         ``bundle.model.classes``). The score is ``−log p(class_label)``.
+    backend
+        ``"bundle"``: the bundle's scoring back end, if it has one; ``None``: the model's own score
+        whatever the bundle holds; or a back end object (:mod:`edge_asd.backends`) to score with
+        instead (enrollment tries site banks this way before writing them).
 
     Attributes
     ----------
@@ -67,6 +76,7 @@ class Detector:
         num_threads: int = 1,
         runtime: RuntimeName = "auto",
         class_label: str | None = None,
+        backend: Any = "bundle",
     ) -> None:
         if model not in ("int8", "float"):
             raise ParameterError(f"model must be 'int8' or 'float', got {model!r}")
@@ -80,6 +90,11 @@ class Detector:
         self._class_index = self._resolve_class(class_label) if class_label is not None else None
         if self._score_kind == "anomaly_prob":
             self._class_index = self._resolve_class("anomaly")
+        self.backend = bundle.load_backend() if isinstance(backend, str) and backend == "bundle" else backend
+        if self.backend is not None and self._score_kind != "reconstruction_mse":
+            raise ParameterError(f"a scoring back end needs a reconstruction model, this bundle's score is {self._score_kind!r}")
+        self.representation = bundle.backend.representation if bundle.backend is not None else "band_mse"
+        """What the back end scores (:data:`edge_asd.backends.REPRESENTATIONS`)."""
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, **kwargs) -> "Detector":
@@ -135,6 +150,8 @@ class Detector:
     def raw_score_window(self, window: np.ndarray, *, class_index: int | None = None) -> float:
         """The model's own score of one normalised window, before score scaling."""
         y = self.model(window)
+        if self.backend is not None:
+            return self.backend.score_one(represent(band_errors(window, y), self.representation))
         if self._score_kind == "reconstruction_mse":
             d = y.reshape(-1) - window.reshape(-1)
             return float(np.dot(d, d) / d.size)
@@ -148,6 +165,19 @@ class Detector:
         if self._score_kind == "neg_log_prob":
             return float(-log_p[index])
         return float(np.exp(log_p[index]))
+
+    def window_vectors(self, frames: np.ndarray, *, representation: str | None = None) -> np.ndarray:
+        """The representation a back end scores, one row per window of raw (un-normalised) feature
+        frames: ``(n_windows, n_features)`` float64 (:func:`edge_asd.backends.band_errors`).
+
+        ``representation`` defaults to the back end's (``band_mse`` without one).
+        """
+        if self._score_kind != "reconstruction_mse":
+            raise ParameterError(f"error vectors need a reconstruction model, this bundle's score is {self._score_kind!r}")
+        w = self.bundle.window
+        windows = window_view(self.normalize(frames), n_frames=w.n_frames, hop_frames=w.hop_frames)
+        errors = np.array([band_errors(win, self.model(win)) for win in windows], dtype=np.float64).reshape(-1, self.config.n_features)
+        return represent(errors, representation or self.representation)
 
     def score_windows(self, frames: np.ndarray, *, class_label: str | None = None) -> np.ndarray:
         """Window scores (standardised) of raw (un-normalised) feature frames ``(n_frames, n_features)``.

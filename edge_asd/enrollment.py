@@ -18,6 +18,15 @@ bundle's rate: 38 MB for 10 minutes at 16 kHz) so that every later step sees the
 3. threshold: the site's period scores, scored as the service scores them
    (:func:`edge_asd.calibration.score_periods`), and a gamma tail fit for the false-alarm rate
    (:func:`edge_asd.calibration.fit_threshold`), as ``calibrate`` does.
+
+A bundle whose scoring back end has a site slot (:mod:`edge_asd.backends`: the k-NN site bank,
+selective Mahalanobis' target statistics) also gets it filled from the site's windows. A window
+is at distance zero from itself in a bank, so the scores the scale and threshold come from are
+*cross-fitted*: the audio is cut in two halves at a period boundary, each half is scored with the
+site slot fitted on the other half, and the back end written holds the windows of both halves
+(a larger bank only brings normal windows closer, so the threshold errs towards fewer alarms).
+Its file, ``backend_site_<digest>.npz``, sits beside the factory one, which rollback makes active
+again (the site file is then removed).
 """
 
 from __future__ import annotations
@@ -30,8 +39,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from edge_asd.backends import Backend, load_backend, save_backend
 from edge_asd.bundle import (
-    Bundle, Enrollment, EnrollmentValues, Normalization, ScoreScaling, SiteEnrollment, read_bundle, write_bundle,
+    BackendRef, Bundle, Enrollment, EnrollmentValues, Normalization, ScoreScaling, SiteEnrollment, file_sha256, read_bundle,
+    write_bundle,
 )
 from edge_asd.calibration import MIN_PERIODS, CalibrationResult, fit_threshold, score_periods, threshold_record
 from edge_asd.errors import AudioFileError, BundleError, ParameterError
@@ -45,6 +56,8 @@ STD_FLOOR_DB = 1e-3
 constant band, e.g. above a low-pass, would otherwise divide by zero."""
 REPLAY_BLOCK = 1600
 """Samples per block when the recorded audio is replayed through the service's scorer."""
+SITE_BACKEND_PREFIX = "backend_site_"
+"""File names of site back ends: ``backend_site_<first 12 hex digits of its SHA-256>.npz``."""
 
 
 def describe_input(inp: Any) -> str:
@@ -227,15 +240,27 @@ def enroll_bundle(
 
     frames = compute_features(mono, bundle.features)
     normalization, kind = _site_normalization(frames, bundle.normalization)
-    raw = Detector(dataclasses.replace(bundle, normalization=normalization, score_scaling=ScoreScaling()),
-                   model=model, class_label=class_label).score_windows(frames)
+    factory_ref = bundle.enrollment.factory.backend if bundle.enrollment is not None else bundle.backend
+    base = dataclasses.replace(bundle, normalization=normalization, score_scaling=ScoreScaling(), backend=factory_ref)
+    factory_backend = None if factory_ref is None else load_backend(bundle.path / factory_ref.file, dim=factory_ref.dim)
+    site_slot = None
+    if hasattr(factory_backend, "with_site"):  # k-NN site bank, selective Mahalanobis' target statistics
+        site_slot = _cross_fit(base, factory_backend, mono, period_s=period_s, model=model, log=log)
+        raw = site_slot.window_scores
+    else:
+        raw = Detector(base, model=model, class_label=class_label).score_windows(frames)
     if raw.size < 2 or not float(raw.std()) > 0:
         raise ParameterError(f"{where}: the site audio gives {raw.size} window score(s) without spread; record more audio")
     scaling = ScoreScaling(mean=float(raw.mean()), std=float(raw.std()))
 
-    site_bundle = dataclasses.replace(bundle, normalization=normalization, score_scaling=scaling)
-    site_detector = Detector(site_bundle, model=model, class_label=class_label)
-    periods, _ = score_periods(site_detector, _Replay(mono, sr), period_s=period_s)
+    site_bundle = dataclasses.replace(base, score_scaling=scaling)
+    if site_slot is None:
+        periods, _ = score_periods(Detector(site_bundle, model=model, class_label=class_label), _Replay(mono, sr), period_s=period_s)
+    else:
+        periods = np.concatenate([
+            score_periods(Detector(site_bundle, model=model, backend=other), _Replay(half, sr), period_s=period_s)[0]
+            for half, other in ((site_slot.halves[0], site_slot.backends[1]), (site_slot.halves[1], site_slot.backends[0]))
+        ])
     try:
         fit = fit_threshold(periods, period_s=period_s, false_alarms_per_day=false_alarms_per_day)
     except ParameterError as exc:
@@ -244,8 +269,11 @@ def enroll_bundle(
     threshold = threshold_record(fit, input_desc=where, model=model, source="enrollment", calibrated_for=calibrated_for)
     threshold = bundle.threshold.superseded_by(threshold)
 
+    site_ref, site_file = factory_ref, None
+    if site_slot is not None:
+        site_ref, site_file = _site_backend_file(bundle.path, factory_ref, site_slot, dry_run=dry_run)
     site = SiteEnrollment(
-        values=EnrollmentValues(normalization=normalization, score_scaling=scaling, threshold=threshold),
+        values=EnrollmentValues(normalization=normalization, score_scaling=scaling, threshold=threshold, backend=site_ref),
         normalization_kind=kind,
         audio={
             "input": where,
@@ -264,6 +292,11 @@ def enroll_bundle(
                 "mean_period_score": float(factory_periods.mean()) if factory_periods.size else None,
                 "threshold": factory_detector.threshold_,
             },
+            **({} if site_slot is None else {"backend": {
+                "site_windows": int(sum(len(v) for v in site_slot.vectors)),
+                "scores": "cross-fitted: each half of the audio scored with the site slot fitted on the other half",
+                "halves_s": [h.size / sr for h in site_slot.halves],
+            }}),
         },
     )
     previous = bundle.enrollment
@@ -275,9 +308,10 @@ def enroll_bundle(
     if previous.site is not None:
         history += ({"event": "replaced", "created": site.created, "site": previous.site.to_json()},)
     enrollment = Enrollment(factory=previous.factory, active="site", site=site, history=history)
-    new = dataclasses.replace(site_bundle, threshold=threshold, enrollment=enrollment)
+    new = dataclasses.replace(site_bundle, threshold=threshold, enrollment=enrollment, backend=site_ref)
     if not dry_run:
         write_bundle(new)
+        _remove_site_backends(bundle.path, keep=site_file)
     return EnrollmentResult(bundle=new, site=site, calibration=fit, factory_exceedances=factory_exceedances,
                             n_periods=int(periods.size), written=not dry_run)
 
@@ -307,10 +341,72 @@ def rollback_bundle(bundle_path: str | Path) -> Bundle:
         normalization=e.factory.normalization,
         score_scaling=e.factory.score_scaling,
         threshold=e.factory.threshold,
+        backend=e.factory.backend,
         enrollment=dataclasses.replace(e, active="factory", site=None, history=e.history + (event,)),
     )
     write_bundle(new)
+    _remove_site_backends(bundle.path, keep=None)
     return new
+
+
+@dataclass(frozen=True, kw_only=True)
+class _SiteSlot:
+    """A back end's site slot fitted by halves (see the module docstring)."""
+
+    halves: tuple[np.ndarray, np.ndarray]
+    """The mono audio's two halves."""
+    vectors: tuple[np.ndarray, np.ndarray]
+    """Their windows' representation vectors."""
+    backends: tuple[Backend, Backend]
+    """The factory back end with the site slot fitted on half 0 and on half 1."""
+    window_scores: np.ndarray
+    """Raw window scores: half 0 under ``backends[1]``, then half 1 under ``backends[0]``."""
+
+
+def _cross_fit(base: Bundle, factory_backend: Any, mono: np.ndarray, *, period_s: float, model: str, log) -> _SiteSlot:
+    """Fill the site slot of ``factory_backend`` from each half of ``mono`` and score the other half."""
+    from edge_asd.detector import Detector
+    from edge_asd.frontend import compute_features
+
+    sr = base.features.sr
+    n_periods = int(mono.size // round(period_s * sr))
+    cut = (n_periods // 2) * round(period_s * sr)
+    halves = (mono[:cut], mono[cut:])
+    detector = Detector(base, model=model, backend=None)
+    vectors = tuple(detector.window_vectors(compute_features(h, base.features)) for h in halves)
+    if min(len(v) for v in vectors) < 2:
+        raise ParameterError(f"too little audio to fill the back end's site slot: {[len(v) for v in vectors]} windows per half")
+    log(f"back end: site slot from {len(vectors[0])} + {len(vectors[1])} windows (each half scored against the other)")
+    backends = (factory_backend.with_site(vectors[0]), factory_backend.with_site(vectors[1]))
+    scores = np.concatenate([backends[1].score(vectors[0]), backends[0].score(vectors[1])])
+    return _SiteSlot(halves=halves, vectors=vectors, backends=backends, window_scores=scores)
+
+
+def _site_backend_file(folder: Path, factory_ref: BackendRef, slot: _SiteSlot, *, dry_run: bool) -> tuple[BackendRef, str | None]:
+    """The factory back end with the site slot fitted on all site windows, written (unless a dry
+    run) as ``backend_site_<digest>.npz``; ``(its reference, its file name or None)``."""
+    import tempfile
+
+    backend = load_backend(folder / factory_ref.file, dim=factory_ref.dim).with_site(np.concatenate(slot.vectors))
+    fitted_on = {**dict(factory_ref.fitted_on), "site_windows": int(sum(len(v) for v in slot.vectors))}
+    with tempfile.TemporaryDirectory(dir=None if dry_run else folder) as tmp:
+        path = save_backend(backend, Path(tmp) / "site.npz")
+        digest = file_sha256(path)
+        name = f"{SITE_BACKEND_PREFIX}{digest[:12]}.npz"
+        if not dry_run:
+            # A unique name, written before bundle.json refers to it: bundle.json never names a
+            # file that is not complete (a crash leaves at most an unused file).
+            path.replace(folder / name)
+    ref = BackendRef(kind=factory_ref.kind, file=name, sha256=digest, representation=factory_ref.representation,
+                     dim=factory_ref.dim, summary=backend.describe(), fitted_on=fitted_on)
+    return ref, (None if dry_run else name)
+
+
+def _remove_site_backends(folder: Path, *, keep: str | None) -> None:
+    """Delete site back end files bundle.json no longer names (replaced or rolled back)."""
+    for path in Path(folder).glob(f"{SITE_BACKEND_PREFIX}*.npz"):
+        if path.name != keep:
+            path.unlink(missing_ok=True)
 
 
 def _summary(values: EnrollmentValues) -> str:
@@ -318,10 +414,11 @@ def _summary(values: EnrollmentValues) -> str:
     n = values.normalization
     t = values.threshold
     rate = f", {t.false_alarms_per_day:g}/day at {t.period_s:g} s periods" if t.false_alarms_per_day and t.period_s else ""
+    backend = f"; back end {values.backend.summary or values.backend.kind}" if values.backend is not None else ""
     return (f"normalisation mean {np.mean(n.mean):.2f} dB, std {np.mean(n.std):.3g} dB (averages over "
             f"{len(n.mean)} features{', one common std' if n.is_global() else ''}); score scale mean "
             f"{values.score_scaling.mean:.6g}, std {values.score_scaling.std:.6g}; threshold {t.value:.6g} "
-            f"({t.method}, {t.source}{rate})")
+            f"({t.method}, {t.source}{rate}){backend}")
 
 
 def describe_enrollment(bundle: Bundle) -> list[str]:

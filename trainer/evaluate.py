@@ -51,11 +51,19 @@ def class_label_for(bundle: Bundle, clip: Clip, class_label: Callable[[Clip], st
     return group
 
 
-def keras_window_scores(model: Any, windows: np.ndarray, bundle: Bundle, class_index: int | None) -> np.ndarray:
+def keras_window_scores(model: Any, windows: np.ndarray, bundle: Bundle, class_index: int | None, *, backend: Any = "bundle") -> np.ndarray:
     """Window scores of the Keras model on normalised windows (same definitions as the detector,
-    including the bundle's score scaling, so Keras, float and int8 scores compare directly)."""
+    including the bundle's scoring back end and score scaling, so Keras, float and int8 scores
+    compare directly). ``backend``: the bundle's back end already loaded (default: loaded here)."""
+    from edge_asd.backends import represent
+
     y = np.asarray(model.predict(windows, batch_size=256, verbose=0), dtype=np.float64)
-    if bundle.model.score == "reconstruction_mse":
+    if isinstance(backend, str):
+        backend = bundle.load_backend()
+    if backend is not None:
+        d = y.reshape(windows.shape) - windows
+        raw = backend.score(represent((d * d).mean(axis=1), bundle.backend.representation))
+    elif bundle.model.score == "reconstruction_mse":
         raw = ((y.reshape(len(y), -1) - windows.reshape(len(windows), -1)) ** 2).mean(axis=1)
     else:
         z = y - y.max(axis=1, keepdims=True)
@@ -84,6 +92,7 @@ def score_clips(
     dict mapping model name to float64 ``(n_clips,)`` clip scores (higher = more anomalous).
     """
     detectors = {m: Detector(bundle, model=m) for m in models}  # type: ignore[arg-type]
+    backend = next(iter(detectors.values())).backend if detectors else bundle.load_backend()
     labels = list(class_labels) if class_labels is not None else [None] * len(paths)
     out = {m: np.empty(len(paths)) for m in detectors}
     if keras_model is not None:
@@ -103,7 +112,7 @@ def score_clips(
                 det = next(iter(detectors.values()))
                 win = np.ascontiguousarray(window_view(det.normalize(frames), n_frames=w.n_frames, hop_frames=w.hop_frames))
                 idx = bundle.model.classes.index(labels[i]) if labels[i] is not None else None
-                out["keras"][i] = keras_window_scores(keras_model, win, bundle, idx).mean()
+                out["keras"][i] = keras_window_scores(keras_model, win, bundle, idx, backend=backend).mean()
     return out
 
 
@@ -202,8 +211,13 @@ def evaluate_clips(
         ),
         "int8_size_bytes": bundle.model_path("int8").stat().st_size,
         "threshold": bundle.threshold.value,
-        "scoring": "clip score = mean window score via edge_asd.detector.Detector (TFLite, LiteRT)",
+        "scoring": "clip score = mean window score via edge_asd.detector.Detector (TFLite, LiteRT)"
+        + (f"; window score = {bundle.backend.kind} back end over {bundle.backend.representation} ({bundle.backend.summary})"
+           if bundle.backend is not None else ""),
     }
+    if bundle.backend is not None:
+        summary["backend"] = {"kind": bundle.backend.kind, "representation": bundle.backend.representation,
+                              "summary": bundle.backend.summary}
     if recipe_selection:
         summary["recipe_selection"] = dict(recipe_selection)
     # Per-group AUC (machine ID / section): the DCASE and MIMII tables.
@@ -359,7 +373,9 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
         "",
         f"{summary.get('model')} on {summary.get('features')} features; protocol {summary.get('protocol') or '-'}; "
         f"test clips: {summary['n_test']['normal']} normal, {summary['n_test']['anomaly']} anomalous. "
-        "Clip score = mean window score through the device runtime.",
+        "Clip score = mean window score through the device runtime"
+        + (f"; window score = {summary['backend']['kind']} back end over the {summary['backend']['representation']} "
+           f"error vector ({summary['backend']['summary']})." if summary.get("backend") else "."),
         "",
         "| model | AUC | pAUC (FPR≤0.1) |",
         "|---|---|---|",

@@ -15,6 +15,10 @@
   service's default period) and a gamma tail fit gives the threshold for ``false_alarms_per_day``.
   With fewer periods than a fit needs, the threshold is *provisional* (the highest validation score
   plus a margin) and says so: calibrate or enroll on site.
+- A scoring back end (``backend=``, :mod:`trainer.backends`): fitted on the int8 model's error
+  vectors of the training windows (target-domain clips, if any, go to its site slot), stored as
+  ``backend.npz``; score scaling and threshold are then fitted on the back end's scores.
+  :func:`add_backend` attaches one to an exported bundle without converting the model again.
 """
 
 from __future__ import annotations
@@ -36,8 +40,10 @@ from edge_asd.audio import read_wav
 from edge_asd.alarm import AlarmConfig
 from edge_asd.audio.sources import FileListSource
 from edge_asd.audio.wav import wav_info
+from edge_asd.backends import save_backend
 from edge_asd.bundle import (
-    MODEL_FILES, Bundle, Enrollment, EnrollmentValues, ModelInfo, ScoreScaling, Threshold, file_sha256, write_bundle,
+    MODEL_FILES, BackendRef, Bundle, Enrollment, EnrollmentValues, ModelInfo, ScoreScaling, Threshold, file_sha256,
+    read_bundle, write_bundle,
 )
 from edge_asd.calibration import MIN_PERIODS, SECONDS_PER_DAY, fit_threshold, score_periods, threshold_record
 from edge_asd.detector import Detector
@@ -58,7 +64,13 @@ __all__ = [
     "DEFAULT_FALSE_ALARMS_PER_DAY",
     "EXPORT_PERIOD_S",
     "PROVISIONAL_MARGIN",
+    "BACKEND_FILE",
+    "add_backend",
+    "attach_backend",
 ]
+
+BACKEND_FILE = "backend.npz"
+"""The exported (factory) back end's file in the bundle directory."""
 
 DEFAULT_FALSE_ALARMS_PER_DAY = 1.0
 """Target rate of the exported threshold: normal periods above it per day (as ``edge-asd calibrate``)."""
@@ -285,6 +297,12 @@ def export_bundle(
     false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
     provenance: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    backend: str = "none",
+    backend_params: Mapping[str, Any] | None = None,
+    representation: str | None = None,
+    target_paths: Sequence[Path] = (),
+    cache_dir: Path | None = None,
+    log=lambda message: None,
 ) -> Bundle:
     """Convert, check and write a bundle directory.
 
@@ -299,6 +317,13 @@ def export_bundle(
         day, fitted as ``edge-asd calibrate`` fits it on the validation normal clips.
     provenance, metrics
         Extra entries for ``bundle.json`` (data root, protocol, …; evaluation results).
+    backend, backend_params, representation
+        A scoring back end (:data:`trainer.backends.BACKEND_CHOICES`; ``"none"``: the model's own
+        score), hyper-parameter overrides and the representation it scores (default
+        :data:`trainer.backends.DEFAULT_REPRESENTATION`); see :func:`add_backend`.
+    target_paths
+        Training clips of a second domain (DCASE's target domain): they go to the back end's site
+        slot (k-NN site bank, selective Mahalanobis' target statistics), not to its factory part.
 
     Returns
     -------
@@ -370,17 +395,123 @@ def export_bundle(
     normal, source_clips = _normal_clips(result)
     if not normal:
         raise ExportError("no normal clips to set the score scale and threshold from")
+    if backend != "none":
+        if result.score_kind != "reconstruction_mse":
+            raise ParameterError(f"--backend {backend} scores reconstruction error vectors; a {result.model_config.kind} "
+                                 f"({result.score_kind}) model has none: use an autoencoder recipe or --backend none")
+        target = {Path(p) for p in target_paths}
+        bundle = _fit_and_attach(
+            bundle, backend, train_paths=[p for p in result.train_paths if Path(p) not in target],
+            val_paths=[p for p in result.val_paths if Path(p) not in target], target_paths=sorted(target),
+            seed=result.train_config.seed, params=backend_params, representation=representation, cache_dir=cache_dir, log=log,
+        )
+        # Target clips are in the site slot (a k-NN window is at distance 0 from itself): keep them
+        # out of the clips the score scale and threshold are fitted on.
+        normal = [(p, lab) for p, lab in normal if Path(p) not in target] or normal
+    return _calibrate(bundle, normal, source_clips, false_alarms_per_day=false_alarms_per_day)
+
+
+def _calibrate(bundle: Bundle, normal: Sequence[tuple[Path, str | None]], source_clips: str, *, false_alarms_per_day: float) -> Bundle:
+    """Fit the factory score scaling and threshold on ``normal`` clips, record them as the factory
+    values, write ``bundle.json``."""
     scaling, scaling_how = _factory_score_scaling(bundle, normal, source_clips)
-    bundle = dataclasses.replace(bundle, score_scaling=scaling, provenance={**prov, "score_scaling": scaling_how})
+    bundle = dataclasses.replace(bundle, score_scaling=scaling, provenance={**dict(bundle.provenance), "score_scaling": scaling_how})
     threshold = _export_threshold(bundle, normal, false_alarms_per_day=false_alarms_per_day, source_clips=source_clips)
     bundle = dataclasses.replace(
         bundle,
         threshold=threshold,
         # The factory values, kept so that 'edge-asd enroll --rollback' can restore them exactly.
-        enrollment=Enrollment(factory=EnrollmentValues(normalization=bundle.normalization, score_scaling=scaling, threshold=threshold)),
+        enrollment=Enrollment(factory=EnrollmentValues(normalization=bundle.normalization, score_scaling=scaling,
+                                                       threshold=threshold, backend=bundle.backend)),
     )
     write_bundle(bundle)
     return bundle
+
+
+def attach_backend(bundle: Bundle, fitted: Any, *, representation: str, fitted_on: Mapping[str, Any]) -> Bundle:
+    """Write a fitted back end (:class:`trainer.backends.FittedBackend`) as the bundle's
+    :data:`BACKEND_FILE` and return the bundle referring to it (``bundle.json`` not written)."""
+    path = save_backend(fitted.backend, bundle.path / BACKEND_FILE)
+    ref = BackendRef(kind=fitted.backend.kind, file=BACKEND_FILE, sha256=file_sha256(path), representation=representation,
+                     dim=fitted.backend.dim, summary=fitted.backend.describe(), fitted_on=dict(fitted_on))
+    return dataclasses.replace(bundle, backend=ref)
+
+
+def _fit_and_attach(
+    bundle: Bundle, kind: str, *, train_paths: Sequence[Path], val_paths: Sequence[Path], target_paths: Sequence[Path],
+    seed: int, params: Mapping[str, Any] | None, representation: str | None, cache_dir: Path | None, log,
+) -> Bundle:
+    from trainer.backends import DEFAULT_REPRESENTATION, clip_vectors, describe_fit, fit_backend, has_site_slot
+
+    representation = representation or DEFAULT_REPRESENTATION
+    if not train_paths:
+        raise ExportError(f"no training clips to fit the {kind} back end on")
+    det = Detector(dataclasses.replace(bundle, backend=None), model="int8", backend=None)
+    log(f"back end {kind}: error vectors ({representation}) of {len(train_paths)} training, {len(val_paths)} validation "
+        f"and {len(target_paths)} target-domain clips through the int8 model")
+
+    def vectors(paths: Sequence[Path]) -> np.ndarray | None:
+        parts = clip_vectors(det, paths, representation=representation, cache_dir=cache_dir, log=log)
+        return np.concatenate(parts) if parts else None
+
+    train_v, val_v = vectors(train_paths), vectors(val_paths)
+    target_v = vectors(target_paths) if target_paths and has_site_slot(kind) else None
+    fitted = fit_backend(kind, train_v, val=val_v, target=target_v, seed=seed, params=params)
+    log(f"back end: {fitted.backend.describe()}")
+    fitted_on = describe_fit(fitted, representation=representation, clips={
+        "train": len(train_paths), "validation": len(val_paths), "target": len(target_paths) if target_v is not None else 0})
+    return attach_backend(bundle, fitted, representation=representation, fitted_on=fitted_on)
+
+
+def add_backend(
+    bundle_path: str | os.PathLike,
+    kind: str,
+    *,
+    train_paths: Sequence[Path],
+    val_paths: Sequence[Path] = (),
+    target_paths: Sequence[Path] = (),
+    fitted: Any = None,
+    representation: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
+    cache_dir: Path | None = None,
+    log=lambda message: None,
+) -> Bundle:
+    """Give an exported, never enrolled bundle a scoring back end (or replace its back end) and
+    re-fit its factory score scaling and threshold on the back end's scores.
+
+    Parameters
+    ----------
+    kind
+        One of :data:`edge_asd.backends.BACKEND_KINDS`.
+    train_paths, val_paths, target_paths
+        Normal clips: the back end is fitted on ``train_paths`` (``val_paths`` choose its
+        hyper-parameters, ``target_paths`` fill its site slot); score scaling and threshold come from
+        ``val_paths`` (``train_paths`` when there are none), as at export.
+    fitted
+        An already fitted :class:`trainer.backends.FittedBackend` (on vectors of this bundle's int8
+        model in ``representation``) instead of fitting one from the clips.
+    """
+    bundle = read_bundle(bundle_path)
+    if bundle.enrollment is not None and bundle.enrollment.active == "site":
+        raise ParameterError(f"{bundle.path}: is enrolled on site; run 'edge-asd enroll {bundle.path} --rollback' first")
+    if bundle.model.score != "reconstruction_mse":
+        raise ParameterError(f"{bundle.path}: a back end needs a reconstruction model, this bundle's score is {bundle.model.score!r}")
+    base = dataclasses.replace(bundle, backend=None, score_scaling=ScoreScaling())
+    target = {Path(p) for p in target_paths}
+    train_paths = [p for p in train_paths if Path(p) not in target]
+    val_paths = [p for p in val_paths if Path(p) not in target]  # in the site slot: they would score 0 (k-NN)
+    if fitted is None:
+        base = _fit_and_attach(base, kind, train_paths=train_paths, val_paths=val_paths, target_paths=sorted(target), seed=seed,
+                               params=params, representation=representation, cache_dir=cache_dir, log=log)
+    else:
+        from trainer.backends import DEFAULT_REPRESENTATION
+
+        representation = representation or DEFAULT_REPRESENTATION
+        base = attach_backend(base, fitted, representation=representation, fitted_on={"representation": representation, **fitted.fitted_on})
+    normal = [(Path(p), None) for p in (val_paths or train_paths)]
+    return _calibrate(base, normal, "validation" if val_paths else "training", false_alarms_per_day=false_alarms_per_day)
 
 
 def _tf_version() -> str:
