@@ -134,7 +134,7 @@ def test_holdout_n_exact_counts() -> None:
 
 def test_make_splits_dispatch() -> None:
     clips = mimii_clips(n_normal=10, n_abnormal=4)
-    assert PROTOCOLS == ("mimii", "dcase", "supervised-8020", "holdout-n", "normal-only")
+    assert PROTOCOLS == ("mimii", "dcase", "supervised-8020", "holdout-n", "normal-only", "leave-one-group-out")
     assert len(make_splits(clips, "mimii", seed=1)) == 8
     per_machine = make_splits(clips, "holdout-n", seed=1, n=3)
     assert [s.name for s in per_machine] == ["holdout-n_fan_n3_seed1", "holdout-n_valve_n3_seed1"]

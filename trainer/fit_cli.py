@@ -10,12 +10,14 @@ import click
 
 from edge_asd.errors import DatasetError, ParameterError
 from trainer import quiet_tensorflow_logs
+from trainer.backends import BACKEND_CHOICES
+from trainer.protocols import DEFAULT_SITE_CLIPS, LEAVE_ONE_GROUP_OUT, parse_holdout_group
 from trainer.recipes import AUTO, AUTO_CANDIDATES, DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
 
 __all__ = ["fit", "evaluate", "recipes", "select_split", "fit_bundle", "default_protocol", "check_audio_formats"]
 
 LAYOUT_CHOICES = ["auto", "mimii", "dcase2020", "dcase", "folder"]
-PROTOCOL_CHOICES = ["normal-only", "mimii", "dcase", "supervised-8020", "holdout-n"]
+PROTOCOL_CHOICES = ["normal-only", "mimii", "dcase", "supervised-8020", "holdout-n", LEAVE_ONE_GROUP_OUT]
 
 
 def default_protocol(clips: Sequence[Any], layout: str) -> str:
@@ -42,12 +44,16 @@ def select_split(
     protocol: str | None = None,
     seed: int = 0,
     n: int | None = None,
+    holdout_group: str | None = None,
+    site_clips: int | None = None,
 ) -> tuple[list[Any], list[Any], str, str]:
     """Read a data set, filter it and apply a protocol: ``(train clips, test clips, description, protocol)``.
 
     ``protocol=None`` picks :func:`default_protocol`. Several groups (e.g. MIMII IDs) are merged into
     one training set: one model for all of them (the ``id`` objective needs that; for an autoencoder
-    it is one model per selection).
+    it is one model per selection). ``leave-one-group-out`` (``holdout_group``, ``site_clips``): the
+    held-out group's site clips come with the training clips, marked ``domain="target"`` as DCASE's
+    target-domain training clips are; :func:`fit_bundle` keeps them out of the model's training.
     """
     from trainer.datasets import filter_clips, scan_dataset
     from trainer.protocols import make_splits
@@ -57,8 +63,11 @@ def select_split(
     if not clips:
         raise ParameterError(f"{root}: no clips match machine={list(machine)} id={list(ids)} snr={list(snr)}")
     protocol = protocol or default_protocol(clips, found)
-    splits = make_splits(clips, protocol, seed=seed, n=n)
-    train = sorted({c for s in splits for c in s.train}, key=lambda c: str(c.path))
+    group_options = {} if holdout_group is None else {"holdout_group": holdout_group}
+    if site_clips is not None:
+        group_options["site_clips"] = site_clips
+    splits = make_splits(clips, protocol, seed=seed, n=n, **group_options)
+    train = sorted({c for s in splits for c in s.train + s.site}, key=lambda c: str(c.path))
     test = sorted({c for s in splits for c in s.test}, key=lambda c: str(c.path))
     return train, test, "; ".join(s.name for s in splits), protocol
 
@@ -100,6 +109,9 @@ def fit_bundle(
     cache_dir: Path | None = None,
     candidates: Sequence[str] = AUTO_CANDIDATES,
     candidates_dir: Path | None = None,
+    backend: str = "none",
+    holdout_group: str | None = None,
+    site_clips: int | None = None,
     log=click.echo,
 ) -> dict[str, Any]:
     """Train, export and (by default) evaluate; the library form of ``asd-train fit``.
@@ -116,6 +128,14 @@ def fit_bundle(
         ``"auto"`` only: the recipes to train and rank, best measured first.
     candidates_dir
         ``"auto"`` only: keep every candidate's bundle there (default: a temporary folder).
+    backend
+        A scoring back end over the autoencoder's per-band error vector (:mod:`trainer.backends`),
+        or ``"none"``. Target-domain training clips (DCASE layouts) fill its site slot.
+    holdout_group, site_clips
+        ``leave-one-group-out`` only (:func:`trainer.protocols.leave_one_group_out`): the group held
+        out (``"car=B1"``) and how many of its training clips are site clips. The model never trains
+        on them; they fill a back end's site slot and are listed in the bundle's provenance for
+        ``edge-asd enroll``.
 
     Returns ``{"bundle": Path, "test_clips": [Clip], "evaluation": summary or None, "train_result",
     "protocol", "recipe": Recipe, "selection": table or None}``.
@@ -131,7 +151,8 @@ def fit_bundle(
     auto = recipe == AUTO
     chosen = None if auto else (recipe if isinstance(recipe, Recipe) else get_recipe(recipe)).with_overrides(**overrides)
     train_clips, test_clips, split_name, protocol = select_split(
-        root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed
+        root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed,
+        holdout_group=holdout_group, site_clips=site_clips,
     )
     if not auto and chosen.needs_classes and objective is None and len({attribute_group(c) for c in train_clips}) < 2:
         raise ParameterError(
@@ -139,6 +160,7 @@ def fit_bundle(
             "one; use an autoencoder recipe (asd-train recipes)"
         )
     check_audio_formats([c.path for c in train_clips + test_clips])
+    target_paths = [c.path for c in train_clips if c.domain == "target" and c.label == "normal"]
     provenance = {
         "data_root": str(Path(root).resolve()),
         "layout": layout,
@@ -146,6 +168,14 @@ def fit_bundle(
         "split": split_name,
         "selection": {"machine": list(machine), "id": list(ids), "snr_db": list(snr)},
     }
+    if protocol == LEAVE_ONE_GROUP_OUT:
+        # The held-out group plays the target domain: its site clips (domain "target") may enroll or
+        # fill a site bank, never train the model.
+        train_clips = [c for c in train_clips if c.domain != "target"]
+        provenance["holdout_group"] = "=".join(parse_holdout_group(holdout_group))
+        provenance["site_clips"] = [str(p) for p in target_paths]
+        log(f"{provenance['holdout_group']} held out; its {len(target_paths)} site clips (for edge-asd enroll) are listed "
+            "in bundle.json's provenance.site_clips")
     log(f"{split_name}: {len(train_clips)} training clips, {len(test_clips)} test clips")
     selection = None
     if auto:
@@ -159,9 +189,18 @@ def fit_bundle(
             cache_dir=cache_dir, candidates_dir=candidates_dir, provenance=provenance, log=log,
         )
         result, chosen, bundle, selection = picked.train_result, picked.recipe, picked.bundle, picked.table
+        if backend != "none":
+            from trainer.export import add_backend
+
+            bundle = add_backend(bundle.path, backend, train_paths=result.train_paths, val_paths=result.val_paths,
+                                 target_paths=target_paths, seed=seed, false_alarms_per_day=false_alarms_per_day,
+                                 cache_dir=cache_dir, log=log)
     else:
         config = chosen.train_config(seed=seed, objective=objective)
         obj = config.resolved_objective
+        if backend != "none" and obj != "reconstruction":
+            raise ParameterError(f"--backend {backend} scores an autoencoder's reconstruction error vectors; recipe "
+                                 f"{chosen.name} trains a {chosen.model} ({obj} objective): use an autoencoder recipe")
         if obj == "supervised" and protocol != "supervised-8020":
             raise ParameterError("the supervised objective needs --protocol supervised-8020 (it trains on anomalies)")
         if obj in ("reconstruction", "id"):
@@ -178,8 +217,10 @@ def fit_bundle(
             out,
             false_alarms_per_day=false_alarms_per_day,
             provenance={**provenance, "recipe": {"name": chosen.name, "settings": chosen.settings(), "measured": chosen.measured}},
+            backend=backend, target_paths=target_paths, cache_dir=cache_dir, log=log,
         )
-    log(f"bundle written: {bundle.path} (recipe {chosen.name}, int8 {bundle.model_path('int8').stat().st_size / 1024:.1f} KB)")
+    log(f"bundle written: {bundle.path} (recipe {chosen.name}, int8 {bundle.model_path('int8').stat().st_size / 1024:.1f} KB"
+        + (f"; back end {bundle.backend.summary}" if bundle.backend is not None else "") + ")")
     summary = None
     if run_evaluation and test_clips:
         summary = evaluate_clips(
@@ -199,6 +240,11 @@ def _common(f):
                      help="Evaluation protocol (default: mimii for MIMII data with anomalies, dcase for a DCASE layout "
                           "with train/ and test/, else normal-only: normal clips held out, no anomalies needed).")(f)
     f = click.option("--seed", type=int, default=0, show_default=True)(f)
+    f = click.option("--holdout-group", default=None, metavar="ATTR=VALUE",
+                     help="--protocol leave-one-group-out: the attribute group held out as the pseudo-target domain, e.g. "
+                          "car=B1 (a bare value means car=VALUE).")(f)
+    f = click.option("--site-clips", type=click.IntRange(min=1), default=DEFAULT_SITE_CLIPS, show_default=True,
+                     help="--protocol leave-one-group-out: training clips of the held-out group kept as site clips.")(f)
     return f
 
 
@@ -218,6 +264,11 @@ def _common(f):
 @click.option("--normalization", type=click.Choice(["per-feature", "global"]), default=None,
               help="Override the recipe's normalisation: standardise each band, or centre each band and use one common scale.")
 @click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Target false alarms per day of the exported threshold (fitted on the validation normal clips, as edge-asd calibrate does).")
+@click.option("--backend", type=click.Choice(list(BACKEND_CHOICES)), default="none", show_default=True,
+              help="Score windows with a back end over the autoencoder's per-band error vector instead of its mean: "
+                   "knn (factory and site memory banks), mahalanobis, selective-mahalanobis (DCASE 2023: source and "
+                   "target statistics), gmm, ocsvm. Target-domain training clips fill the site bank / target statistics; "
+                   "edge-asd enroll refills them on site.")
 @click.option("--evaluate/--no-evaluate", "run_evaluation", default=True, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Feature cache (default ~/.cache/edge-asd/features).")
 @click.option("--candidates", "candidate_list", default=",".join(AUTO_CANDIDATES), show_default=True,
@@ -225,8 +276,8 @@ def _common(f):
 @click.option("--candidates-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="--recipe auto: keep every candidate's bundle here (default: discarded).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle directory to write.")
-def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, recipe, model, objective, feature_kind, n_mels, n_fft, hop_length,
-        epochs, normalization, false_alarms_per_day, run_evaluation, cache_dir, candidate_list, candidates_dir, out) -> None:
+def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, holdout_group, site_clips, recipe, model, objective, feature_kind, n_mels, n_fft, hop_length,
+        epochs, normalization, false_alarms_per_day, backend, run_evaluation, cache_dir, candidate_list, candidates_dir, out) -> None:
     """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it.
 
     A folder holding only normal/ trains as it is (the normal-only protocol); with an abnormal/
@@ -246,7 +297,8 @@ def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, recipe, mode
     res = fit_bundle(
         data_root, out, layout=layout, machine=machine, ids=ids, snr=snr, recipe=recipe, overrides=overrides,
         objective=objective, protocol=protocol, seed=seed, run_evaluation=run_evaluation, false_alarms_per_day=false_alarms_per_day,
-        cache_dir=cache_dir, candidates=candidates, candidates_dir=candidates_dir,
+        cache_dir=cache_dir, candidates=candidates, candidates_dir=candidates_dir, backend=backend,
+        holdout_group=holdout_group, site_clips=site_clips,
     )
     if res["selection"]:
         from trainer.select import selection_markdown
@@ -278,14 +330,17 @@ def recipes() -> None:
 @_common
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder (default BUNDLE/report).")
 @click.option("--no-store", is_flag=True, help="Do not write the metrics into bundle.json.")
-def evaluate(bundle: Path, data_root: Path, layout, machine, ids, snr, protocol, seed, out, no_store) -> None:
+def evaluate(bundle: Path, data_root: Path, layout, machine, ids, snr, protocol, seed, holdout_group, site_clips, out, no_store) -> None:
     """Score DATA_ROOT's test clips with BUNDLE's int8 and float models (device runtime)."""
     from edge_asd.bundle import read_bundle
     from trainer.evaluate import evaluate_clips, markdown_summary
 
     b = read_bundle(bundle)
     protocol = protocol or b.provenance.get("protocol")
-    _, test, name, protocol = select_split(data_root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed)
+    if protocol == LEAVE_ONE_GROUP_OUT:
+        holdout_group = holdout_group or b.provenance.get("holdout_group")
+    _, test, name, protocol = select_split(data_root, layout=layout, machine=machine, ids=ids, snr=snr, protocol=protocol, seed=seed,
+                                           holdout_group=holdout_group, site_clips=site_clips)
     summary = evaluate_clips(bundle, test, out or bundle / "report", title=f"{b.model.kind} {name}", protocol=protocol, store_in_bundle=not no_store)
     click.echo(markdown_summary(summary))
     click.echo(json.dumps({k: summary[k] for k in ("auc_int8", "auc_float", "auc_int8_minus_float") if k in summary}))

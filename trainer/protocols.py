@@ -20,6 +20,16 @@ The protocol names are the ones reports carry (``../shared/docs/design.md``):
     :data:`NORMAL_ONLY_MIN_TEST` of them) is held out to measure the normal score distribution and
     the false alarms to expect; every anomalous clip there is (an ``abnormal/`` folder) joins the
     test set, so AUC and pAUC are reported when anomalies exist and nothing fails when none do.
+``"leave-one-group-out"``
+    A development protocol for domain shift on data sets whose clips carry attributes (DCASE
+    2021+): one attribute group (e.g. ``car=B1``) plays the target domain. The model trains on the
+    other groups' source-domain training clips; :data:`DEFAULT_SITE_CLIPS` of the held-out group's
+    training clips (seeded) are its site clips, all that enrollment or a site memory bank may use,
+    as DCASE gives 10 target-domain training clips; the group's test clips are the pseudo-target
+    test set and the other groups' test clips the pseudo-source test set (the test clips' ``domain``
+    is rewritten to say so, so the DCASE 2022+ per-domain metrics apply unchanged). Only
+    source-domain clips take part: the data set's real target-domain clips are left out, so no
+    choice made with this protocol ever sees them. Run it once per group and pool the folds.
 
 Random choices use a generator derived from the seed *and the group's name*, so a group's split does
 not change when other machines or IDs are added to or removed from the dataset.
@@ -27,10 +37,11 @@ not change when other machines or IDs are added to or removed from the dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,9 +50,14 @@ from trainer.datasets import Clip
 
 __all__ = [
     "PROTOCOLS",
+    "DEFAULT_SITE_CLIPS",
+    "LEAVE_ONE_GROUP_OUT",
     "Split",
     "dcase_split",
     "holdout_n",
+    "holdout_groups",
+    "leave_one_group_out",
+    "parse_holdout_group",
     "make_splits",
     "mimii_splits",
     "normal_only",
@@ -49,7 +65,12 @@ __all__ = [
     "MIN_NORMAL_CLIPS",
 ]
 
-PROTOCOLS = ("mimii", "dcase", "supervised-8020", "holdout-n", "normal-only")
+LEAVE_ONE_GROUP_OUT = "leave-one-group-out"
+PROTOCOLS = ("mimii", "dcase", "supervised-8020", "holdout-n", "normal-only", LEAVE_ONE_GROUP_OUT)
+DEFAULT_HOLDOUT_ATTRIBUTE = "car"
+"""The attribute whose groups ``leave-one-group-out`` holds out when ``--holdout-group`` names a value only (ToyCar's car model)."""
+DEFAULT_SITE_CLIPS = 10
+"""Site clips of the held-out group: as many as DCASE 2022-2024 give of the target domain."""
 NORMAL_ONLY_TEST_FRACTION = 0.2
 NORMAL_ONLY_MIN_TEST = 2
 MIN_NORMAL_CLIPS = 10
@@ -73,6 +94,11 @@ class Split:
     """Test clips, sorted by path."""
     seed: int | None = None
     """The seed of the random choice, ``None`` for the deterministic ``dcase`` protocol."""
+    site: list[Clip] = field(default_factory=list)
+    """``leave-one-group-out`` only: the held-out group's site clips (``domain="target"``), sorted by
+    path; what enrollment or a site memory bank may use. Never in :attr:`train`."""
+    holdout: tuple[str, str] | None = None
+    """``leave-one-group-out`` only: the held-out ``(attribute, value)``."""
 
     @property
     def reported_apart(self) -> bool:
@@ -383,7 +409,141 @@ def normal_only(clips: Sequence[Clip], *, seed: int) -> Split:
     )
 
 
-def make_splits(clips: Sequence[Clip], protocol: str, *, seed: int = 0, n: int | None = None) -> list[Split]:
+def parse_holdout_group(text: str | tuple[str, str]) -> tuple[str, str]:
+    """``"car=B1"`` -> ``("car", "B1")``; a bare ``"B1"`` takes :data:`DEFAULT_HOLDOUT_ATTRIBUTE`.
+
+    Raises
+    ------
+    ParameterError
+        An empty attribute or value.
+    """
+    if isinstance(text, tuple):
+        attribute, value = text
+    else:
+        attribute, sep, value = str(text).strip().partition("=")
+        if not sep:
+            attribute, value = DEFAULT_HOLDOUT_ATTRIBUTE, attribute
+    attribute, value = attribute.strip(), value.strip()
+    if not attribute or not value:
+        raise ParameterError(f"holdout group must read ATTRIBUTE=VALUE (e.g. car=B1) or VALUE, got {text!r}")
+    return attribute, value
+
+
+def _source_clips_with_attributes(clips: Sequence[Clip], attribute: str) -> list[Clip]:
+    """The source-domain clips (all clips where the layout gives no domain), checked for attributes and a split."""
+    clips = _nonempty(clips, LEAVE_ONE_GROUP_OUT)
+    if not any(c.attributes for c in clips):
+        raise DatasetError(
+            f"{clips[0].path}: the clips carry no attributes (a DCASE 2021+ layout gives them in the file names or "
+            f"attributes_XX.csv); the '{LEAVE_ONE_GROUP_OUT}' protocol holds out one attribute group - use another "
+            "protocol for this dataset"
+        )
+    no_split = [c for c in clips if c.split is None]
+    if no_split:
+        raise DatasetError(
+            f"{no_split[0].path}: has no train/test folder; the '{LEAVE_ONE_GROUP_OUT}' protocol needs a DCASE layout"
+        )
+    source = [c for c in clips if c.domain in (None, "source")]
+    known = sorted({k for c in source for k in c.attributes})
+    if attribute not in known:
+        raise DatasetError(
+            f"{clips[0].path.parent.parent}: no clip has the attribute {attribute!r}; its attributes are "
+            f"{', '.join(known) or 'none'} - e.g. --holdout-group {known[0] if known else 'ATTR'}=VALUE"
+        )
+    return _sorted(source)
+
+
+def holdout_groups(clips: Sequence[Clip], attribute: str = DEFAULT_HOLDOUT_ATTRIBUTE, *,
+                   site_clips: int = DEFAULT_SITE_CLIPS) -> list[str]:
+    """The values of ``attribute`` that ``leave-one-group-out`` can hold out: source-domain groups with
+    more than ``site_clips`` normal training clips and some test clips, sorted. The folds to pool."""
+    source = _source_clips_with_attributes(clips, attribute)
+    values = sorted({c.attributes.get(attribute) for c in source} - {None})
+    out = []
+    for v in values:
+        members = [c for c in source if c.attributes.get(attribute) == v]
+        n_train = sum(c.split == "train" and c.label == "normal" for c in members)
+        if n_train >= site_clips and any(c.split == "test" for c in members):
+            out.append(v)
+    return out
+
+
+def leave_one_group_out(clips: Sequence[Clip], *, group: str | tuple[str, str], seed: int,
+                        site_clips: int = DEFAULT_SITE_CLIPS) -> Split:
+    """Hold one attribute group out of training: the development protocol for domain shift.
+
+    Train: the normal ``train/`` clips of every other group (source domain only). Site: a seeded
+    choice of ``site_clips`` of the held-out group's normal ``train/`` clips (``domain="target"``);
+    its other training clips are not used. Test: every ``test/`` clip of the source domain, the
+    held-out group's marked ``domain="target"`` (pseudo-target) and the others' ``domain="source"``
+    (pseudo-source). The data set's real target-domain clips are left out of all three.
+
+    Parameters
+    ----------
+    group
+        ``"car=B1"``, ``("car", "B1")`` or a bare value of :data:`DEFAULT_HOLDOUT_ATTRIBUTE`.
+    site_clips
+        Site clips, default :data:`DEFAULT_SITE_CLIPS` (DCASE's 10 target-domain training clips).
+
+    Raises
+    ------
+    ParameterError
+        A malformed group, ``site_clips`` < 1, a bad seed.
+    DatasetError
+        Clips without attributes or without a train/test split, an attribute or value no source-domain
+        clip has, a held-out group with fewer than ``site_clips`` normal training clips or without
+        test clips, unlabelled test clips, or too few training clips left.
+    """
+    attribute, value = parse_holdout_group(group)
+    if not isinstance(site_clips, (int, np.integer)) or isinstance(site_clips, bool) or site_clips < 1:
+        raise ParameterError(f"site_clips must be a positive integer, got {site_clips!r}")
+    seed = _check_seed(seed)
+    source = _source_clips_with_attributes(clips, attribute)
+    machines = sorted({c.machine for c in source})
+    where = ",".join(machines)
+    values = sorted({c.attributes.get(attribute) for c in source} - {None})
+    held = [c for c in source if c.attributes.get(attribute) == value]
+    if not held:
+        real_target = any(c.domain == "target" and c.attributes.get(attribute) == value for c in clips)
+        raise DatasetError(
+            f"{where}: no source-domain clip has {attribute}={value}"
+            + (" (its clips are the real target domain, which this protocol leaves out)" if real_target else "")
+            + f"; hold out one of {attribute}={', '.join(values)}"
+        )
+    rest = [c for c in source if c.attributes.get(attribute) != value]
+    held_train = [c for c in held if c.split == "train" and c.label == "normal"]
+    held_test = _labelled([c for c in held if c.split == "test"], LEAVE_ONE_GROUP_OUT)
+    if len(held_train) < site_clips:
+        raise DatasetError(
+            f"{where}: {attribute}={value} has {len(held_train)} normal training clip(s), {site_clips} site clips are "
+            f"needed; lower --site-clips or hold out another group ({', '.join(holdout_groups(clips, attribute, site_clips=site_clips)) or 'none qualifies'})"
+        )
+    if not held_test:
+        raise DatasetError(f"{where}: {attribute}={value} has no test clips to be the pseudo-target test set; hold out another group")
+    train = _sorted(c for c in rest if c.split == "train" and c.label == "normal")
+    check_enough_normal(train, f"{where} without {attribute}={value}")
+    name = _group_name(LEAVE_ONE_GROUP_OUT, *machines, f"{attribute}-{value}", f"k{site_clips}", f"seed{seed}")
+    chosen = sorted(_rng(seed, name).choice(len(held_train), size=site_clips, replace=False).tolist())
+    site = [dataclasses.replace(held_train[i], domain="target") for i in chosen]
+    test = _sorted([dataclasses.replace(c, domain="source") for c in _labelled([c for c in rest if c.split == "test"], LEAVE_ONE_GROUP_OUT)]
+                   + [dataclasses.replace(c, domain="target") for c in held_test])
+    n_tn = sum(c.label == "normal" for c in held_test)
+    return Split(
+        name=name,
+        protocol=LEAVE_ONE_GROUP_OUT,
+        description=f"{where}: {attribute}={value} held out as the pseudo-target domain ({site_clips} of its "
+        f"{len(held_train)} training clips are site clips, seed {seed}; its {len(held_test)} test clips, {n_tn} normal, "
+        f"are the pseudo-target test set); {len(train)} normal clips of the other groups train; real target-domain clips left out",
+        train=train,
+        test=test,
+        seed=seed,
+        site=site,
+        holdout=(attribute, value),
+    )
+
+
+def make_splits(clips: Sequence[Clip], protocol: str, *, seed: int = 0, n: int | None = None,
+                holdout_group: str | tuple[str, str] | None = None, site_clips: int = DEFAULT_SITE_CLIPS) -> list[Split]:
     """Split a dataset by a named protocol.
 
     ``"mimii"`` gives one split per machine type, ID and SNR; the other protocols one split per
@@ -399,12 +559,22 @@ def make_splits(clips: Sequence[Clip], protocol: str, *, seed: int = 0, n: int |
         Seed of the random choices (ignored by ``"dcase"``).
     n
         Clips of each class held out, for ``"holdout-n"`` only (required there).
+    holdout_group, site_clips
+        For ``"leave-one-group-out"`` only: the group held out (``"car=B1"``, required there) and
+        how many of its training clips are site clips.
     """
     if protocol not in PROTOCOLS:
         raise ParameterError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     if n is not None and protocol != "holdout-n":
         raise ParameterError(f"n is only used by the 'holdout-n' protocol, not {protocol!r}")
+    if holdout_group is not None and protocol != LEAVE_ONE_GROUP_OUT:
+        raise ParameterError(f"a holdout group is only used by the '{LEAVE_ONE_GROUP_OUT}' protocol, not {protocol!r}")
     clips = _nonempty(clips, protocol)
+    if protocol == LEAVE_ONE_GROUP_OUT:
+        if holdout_group is None:
+            raise ParameterError(f"the '{LEAVE_ONE_GROUP_OUT}' protocol needs the group to hold out, e.g. --holdout-group "
+                                 f"{DEFAULT_HOLDOUT_ATTRIBUTE}=B1")
+        return [leave_one_group_out(g, group=holdout_group, seed=seed, site_clips=site_clips) for g in _by_machine(clips).values()]
     if protocol == "mimii":
         return mimii_splits(clips, seed=seed)
     groups = _by_machine(clips).values()
