@@ -336,8 +336,14 @@ class Enrollment:
     site: SiteEnrollment | None = None
     history: tuple[Mapping[str, Any], ...] = ()
     """Replaced site enrollments and rollbacks, newest last."""
+    selective: bool = False
+    """With the site values active: score every window under both the site and the factory
+    normalisation and score scaling and keep the lower score (``edge-asd enroll --selective``), so
+    that sound like the training data and sound like the site both count as normal."""
 
     def __post_init__(self) -> None:
+        if self.selective and self.active != "site":
+            raise ParameterError("enrollment.selective needs the site values active")
         if self.active not in ("factory", "site"):
             raise ParameterError(f"enrollment.active must be 'factory' or 'site', got {self.active!r}")
         if self.active == "site" and self.site is None:
@@ -345,13 +351,15 @@ class Enrollment:
 
     def to_json(self) -> dict[str, Any]:
         return {"active": self.active, "factory": self.factory.to_json(),
-                "site": None if self.site is None else self.site.to_json(), "history": list(self.history)}
+                "site": None if self.site is None else self.site.to_json(), "history": list(self.history),
+                **({"selective": True} if self.selective else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> "Enrollment":
         site = raw.get("site")
         return cls(factory=EnrollmentValues.from_json(raw["factory"]), active=raw.get("active", "factory"),
-                   site=None if site is None else SiteEnrollment.from_json(site), history=tuple(raw.get("history", ())))
+                   site=None if site is None else SiteEnrollment.from_json(site), history=tuple(raw.get("history", ())),
+                   selective=bool(raw.get("selective", False)))
 
 
 @dataclass(frozen=True, kw_only=True)

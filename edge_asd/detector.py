@@ -61,6 +61,11 @@ class Detector:
         ``"bundle"``: the bundle's scoring back end, if it has one; ``None``: the model's own score
         whatever the bundle holds; or a back end object (:mod:`edge_asd.backends`) to score with
         instead (enrollment tries site banks this way before writing them).
+    selective_with
+        ``"bundle"``: the bundle's own choice (a ``--selective`` enrollment scores under its
+        factory values too); ``None``: the active values only; or ``(normalization,
+        score_scaling)``: a second set of values, each window's score being the lower of the two
+        (enrollment fits the threshold of a selective bundle this way).
 
     Attributes
     ----------
@@ -77,6 +82,7 @@ class Detector:
         runtime: RuntimeName = "auto",
         class_label: str | None = None,
         backend: Any = "bundle",
+        selective_with: Any = "bundle",
     ) -> None:
         if model not in ("int8", "float"):
             raise ParameterError(f"model must be 'int8' or 'float', got {model!r}")
@@ -95,6 +101,20 @@ class Detector:
             raise ParameterError(f"a scoring back end needs a reconstruction model, this bundle's score is {self._score_kind!r}")
         self.representation = bundle.backend.representation if bundle.backend is not None else "band_mse"
         """What the back end scores (:data:`edge_asd.backends.REPRESENTATIONS`)."""
+        if isinstance(selective_with, str) and selective_with == "bundle":
+            e = bundle.enrollment
+            selective_with = (e.factory.normalization, e.factory.score_scaling) if e is not None and e.selective else None
+        self._also: tuple[np.ndarray, np.ndarray, Any] | None = None
+        if selective_with is not None:
+            if self.backend is not None:
+                raise ParameterError("selective scoring (enroll --selective) works on the model's own score, "
+                                     "not with a scoring back end")
+            self._also = (*selective_with[0].arrays(), selective_with[1])
+
+    @property
+    def selective(self) -> bool:
+        """Whether windows are scored under two sets of values (the lower score counts)."""
+        return self._also is not None
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, **kwargs) -> "Detector":
@@ -142,6 +162,16 @@ class Detector:
             raise ParameterError(f"frames must be (n_frames, {self.config.n_features}), got {frames.shape}")
         return (frames - self._mean) * self._inv_std
 
+    def score_raw_window(self, raw: np.ndarray, *, class_index: int | None = None) -> float:
+        """Score one window of raw (un-normalised) frames ``(n_frames, n_features)``: normalised
+        and scored as :meth:`score_window`; for a selective detector the lower of the scores under
+        the active and the second values."""
+        score = self.score_window((raw - self._mean) * self._inv_std, class_index=class_index)
+        if self._also is not None:
+            mean, inv_std, scaling = self._also
+            score = min(score, float(scaling.apply(self.raw_score_window((raw - mean) * inv_std, class_index=class_index))))
+        return score
+
     def score_window(self, window: np.ndarray, *, class_index: int | None = None) -> float:
         """Score one normalised window ``(n_frames, n_features)``: the raw score standardised with
         the bundle's score scaling (standard deviations of normal window scores)."""
@@ -188,6 +218,10 @@ class Detector:
         """
         index = self._resolve_class(class_label) if class_label is not None else None
         w = self.bundle.window
+        if self._also is not None:
+            self.normalize(frames)  # checks the shape
+            raw = window_view(np.asarray(frames, dtype=np.float32), n_frames=w.n_frames, hop_frames=w.hop_frames)
+            return np.array([self.score_raw_window(win, class_index=index) for win in raw], dtype=np.float64)
         windows = window_view(self.normalize(frames), n_frames=w.n_frames, hop_frames=w.hop_frames)
         return np.array([self.score_window(win, class_index=index) for win in windows], dtype=np.float64)
 

@@ -27,7 +27,10 @@ __all__ = ["enroll"]
 @click.option("--class-label", help="Machine class (neg_log_prob bundles; default: the config's device.class_label).")
 @click.option("--dry-run", is_flag=True, help="Print the result; do not write the bundle.")
 @click.option("--rollback", is_flag=True, help="Restore the factory normalisation, score scaling and threshold exactly.")
-def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_day, period_s, model, class_label, dry_run, rollback) -> None:
+@click.option("--selective", is_flag=True, help="Keep the factory values too: a window's score is the lower of its site "
+              "and factory scores (sound like the training data or like the site is normal); the threshold is fitted on those.")
+def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_day, period_s, model, class_label, dry_run, rollback,
+           selective) -> None:
     """Enroll BUNDLE on normal sound recorded where the device is mounted.
 
     Re-fits the feature normalisation (per-feature mean and std of the site's frames), the score
@@ -55,7 +58,7 @@ def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_day, perio
     result = enroll_bundle(
         bundle, inp, seconds=seconds, period_s=period, false_alarms_per_day=false_alarms_per_day,
         model=model or config.device.model, class_label=class_label or config.device.class_label, dry_run=dry_run,
-        log=lambda message: click.echo(message, err=True),
+        selective=selective, log=lambda message: click.echo(message, err=True),
     )
     a = result.site.audio
     click.echo(f"{a['seconds']:.1f} s of audio, {result.n_periods} periods of {period:g} s; RMS {a['signal']['rms_dbfs']:.1f} dBFS, "

@@ -182,6 +182,7 @@ def enroll_bundle(
     model: str = "int8",
     class_label: str | None = None,
     dry_run: bool = False,
+    selective: bool = False,
     log=lambda message: None,
 ) -> EnrollmentResult:
     """Enroll a bundle on normal site audio (see the module docstring).
@@ -200,6 +201,10 @@ def enroll_bundle(
         Target rate of normal periods above the threshold, per day.
     model, class_label
         The model the service runs (``int8`` / ``float``) and its machine class (``neg_log_prob``).
+    selective
+        Keep scoring under the factory values too: each window's score is the lower of its site
+        and factory scores, and the threshold is fitted on those (sound like the training data and
+        sound like the site both count as normal). Not with a scoring back end.
 
     Raises
     ------
@@ -241,7 +246,15 @@ def enroll_bundle(
     frames = compute_features(mono, bundle.features)
     normalization, kind = _site_normalization(frames, bundle.normalization)
     factory_ref = bundle.enrollment.factory.backend if bundle.enrollment is not None else bundle.backend
-    base = dataclasses.replace(bundle, normalization=normalization, score_scaling=ScoreScaling(), backend=factory_ref)
+    if selective and factory_ref is not None:
+        raise ParameterError(f"{bundle.path}: --selective scores with the model's own score; this bundle scores with "
+                             f"a {factory_ref.kind} back end, whose site slot does the same job: enroll without --selective")
+    # A bundle never enrolled (schema 1, or upgraded by calibrate): its values now are the factory ones.
+    factory_values = bundle.enrollment.factory if bundle.enrollment is not None else EnrollmentValues(
+        normalization=bundle.normalization, score_scaling=bundle.score_scaling, threshold=bundle.threshold)
+    # enrollment=None: the site values alone (a bundle enrolled --selective before would score selectively).
+    base = dataclasses.replace(bundle, normalization=normalization, score_scaling=ScoreScaling(), backend=factory_ref,
+                               enrollment=None)
     factory_backend = None if factory_ref is None else load_backend(bundle.path / factory_ref.file, dim=factory_ref.dim)
     site_slot = None
     if hasattr(factory_backend, "with_site"):  # k-NN site bank, selective Mahalanobis' target statistics
@@ -255,7 +268,9 @@ def enroll_bundle(
 
     site_bundle = dataclasses.replace(base, score_scaling=scaling)
     if site_slot is None:
-        periods, _ = score_periods(Detector(site_bundle, model=model, class_label=class_label), _Replay(mono, sr), period_s=period_s)
+        also = (factory_values.normalization, factory_values.score_scaling) if selective else None
+        site_detector = Detector(site_bundle, model=model, class_label=class_label, selective_with=also)
+        periods, _ = score_periods(site_detector, _Replay(mono, sr), period_s=period_s)
     else:
         periods = np.concatenate([
             score_periods(Detector(site_bundle, model=model, backend=other), _Replay(half, sr), period_s=period_s)[0]
@@ -299,15 +314,11 @@ def enroll_bundle(
             }}),
         },
     )
-    previous = bundle.enrollment
-    if previous is None:
-        # A bundle never enrolled (schema 1, or upgraded by calibrate): its values now are the factory ones.
-        previous = Enrollment(factory=EnrollmentValues(
-            normalization=bundle.normalization, score_scaling=bundle.score_scaling, threshold=bundle.threshold))
+    previous = bundle.enrollment if bundle.enrollment is not None else Enrollment(factory=factory_values)
     history = previous.history
     if previous.site is not None:
         history += ({"event": "replaced", "created": site.created, "site": previous.site.to_json()},)
-    enrollment = Enrollment(factory=previous.factory, active="site", site=site, history=history)
+    enrollment = Enrollment(factory=previous.factory, active="site", site=site, history=history, selective=selective)
     new = dataclasses.replace(site_bundle, threshold=threshold, enrollment=enrollment, backend=site_ref)
     if not dry_run:
         write_bundle(new)
@@ -342,7 +353,7 @@ def rollback_bundle(bundle_path: str | Path) -> Bundle:
         score_scaling=e.factory.score_scaling,
         threshold=e.factory.threshold,
         backend=e.factory.backend,
-        enrollment=dataclasses.replace(e, active="factory", site=None, history=e.history + (event,)),
+        enrollment=dataclasses.replace(e, active="factory", site=None, history=e.history + (event,), selective=False),
     )
     write_bundle(new)
     _remove_site_backends(bundle.path, keep=None)
@@ -427,6 +438,7 @@ def describe_enrollment(bundle: Bundle) -> list[str]:
     if e is None:
         return ["enrollment none (never enrolled; the values above are the ones the bundle was exported with)"]
     lines = [f"enrollment active: {e.active} normalisation and score scaling"
+             + (" (selective: each window scored under site and factory values, the lower counts)" if e.selective else "")
              + ("" if math.isclose(bundle.threshold.value, (e.site.values if e.active == 'site' and e.site else e.factory).threshold.value)
                 else "; threshold re-set by calibrate since")]
     lines.append(f"  factory  {_summary(e.factory)}")

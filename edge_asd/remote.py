@@ -7,7 +7,7 @@ objects on ``<topic_prefix>/<device id>/command``::
 
     {"id": "op-17", "command": "status"}
     {"id": "op-18", "command": "calibrate", "seconds": 600, "false_alarms_per_day": 1}
-    {"id": "op-19", "command": "enroll", "seconds": 600}
+    {"id": "op-19", "command": "enroll", "seconds": 600, "selective": false}
     {"id": "op-20", "command": "reload"}
     {"id": "op-21", "command": "reload", "bundle": "/var/lib/edge-asd/incoming/v7"}
 
@@ -77,6 +77,8 @@ class Command:
     seconds: float | None = None
     """calibrate / enroll: audio to record from the running stream, seconds."""
     false_alarms_per_day: float = 1.0
+    selective: bool = False
+    """enroll: as ``edge-asd enroll --selective``."""
     bundle: Path | None = None
     """reload: the bundle folder to install (default: re-read the running one)."""
 
@@ -118,7 +120,7 @@ def parse_command(payload: bytes | str) -> Command:
     name = raw.get("command")
     if name not in COMMANDS:
         raise CommandError(f'command {command_id}: "command" must be one of {list(COMMANDS)}, got {name!r}')
-    allowed = {"id", "command"} | {"calibrate": {"seconds", "false_alarms_per_day"}, "enroll": {"seconds", "false_alarms_per_day"},
+    allowed = {"id", "command"} | {"calibrate": {"seconds", "false_alarms_per_day"}, "enroll": {"seconds", "false_alarms_per_day", "selective"},
                                     "reload": {"bundle"}, "status": set()}[name]
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -130,11 +132,14 @@ def parse_command(payload: bytes | str) -> Command:
     rate = raw.get("false_alarms_per_day", 1.0)
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
         raise CommandError(f'command {command_id}: "false_alarms_per_day" must be a number > 0, got {rate!r}')
+    selective = raw.get("selective", False)
+    if not isinstance(selective, bool):
+        raise CommandError(f'command {command_id}: "selective" must be true or false, got {selective!r}')
     bundle = raw.get("bundle")
     if bundle is not None and (not isinstance(bundle, str) or not bundle):
         raise CommandError(f'command {command_id}: "bundle" must be a folder path, got {bundle!r}')
     return Command(id=command_id, name=name, seconds=None if seconds is None else float(seconds),
-                   false_alarms_per_day=float(rate), bundle=None if bundle is None else Path(bundle))
+                   false_alarms_per_day=float(rate), selective=selective, bundle=None if bundle is None else Path(bundle))
 
 
 def exchange_dirs(a: Path, b: Path) -> None:
@@ -368,7 +373,7 @@ class RemoteOperations:
                 summary = {"threshold": done.result.threshold, "previous_threshold": done.previous.value,
                            "statement": done.result.statement()}
             else:
-                enrolled = enroll_bundle(staging, inp, **common)
+                enrolled = enroll_bundle(staging, inp, selective=command.selective, **common)
                 summary = {"threshold": enrolled.calibration.threshold, "statement": enrolled.calibration.statement(),
                            "factory_exceedances": enrolled.factory_exceedances, "n_periods": enrolled.n_periods}
             return self._install(command, staging, summary=summary)

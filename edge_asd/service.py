@@ -207,12 +207,16 @@ class StreamingScorer:
     def _add_frames(self, frames: np.ndarray) -> list[tuple[float, float]]:
         if frames.shape[0] == 0:
             return []
-        buf = np.concatenate([self._buffer, self.detector.normalize(frames)]) if self._buffer.size else self.detector.normalize(frames)
+        # A selective detector normalises each window twice (two sets of values): it buffers raw frames.
+        selective = self.detector.selective
+        new = frames.astype(np.float32, copy=False) if selective else self.detector.normalize(frames)
+        buf = np.concatenate([self._buffer, new]) if self._buffer.size else new
+        score_one = self.detector.score_raw_window if selective else self.detector.score_window
         out = []
         end = self._base + buf.shape[0]
         while self._next + self._n <= end:
             lo = self._next - self._base
-            score = self.detector.score_window(buf[lo : lo + self._n])
+            score = score_one(buf[lo : lo + self._n])
             out.append((self._segment_start / self.detector.config.sr + (self._next + self._n - 1) * self._seconds_per_frame, score))
             self._next += self._hop
             self.n_windows += 1

@@ -20,7 +20,7 @@ from edge_asd.calibration import score_periods
 from edge_asd.detector import Detector
 from edge_asd.errors import ParameterError, SignalQualityError
 from edge_asd.signal_quality import SignalStats, check_enrollment_audio, clipped_fraction, dc_offset, rms_dbfs
-from tests.device_helpers import REPO, SR, copy_bundle, device_env, edge_asd, service_toml
+from tests.device_helpers import REPO, SR, copy_bundle, device_env, edge_asd, machine_clips, service_toml
 
 ACTIVE_SECTIONS = ("normalization", "score_scaling", "threshold")
 QUIET = 0.2
@@ -371,3 +371,56 @@ def test_run_refuses_a_threshold_calibrated_for_another_setting(tmp_path, tiny_w
                                        calibrated_for={"period_s": 1.0, "model": "int8", "class_label": None, "n_channels": 1}))
     ok = edge_asd("run", "--config", cfg)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_selective_enrollment_scores_the_lower_of_site_and_factory_and_fits_the_threshold_on_it(tmp_path, tiny_wavs):
+    """``enroll --selective``: a window's score is min(site score, factory score), the threshold is
+    fitted on those scores, the streaming path agrees with the offline one, and rollback ends it."""
+    import dataclasses
+
+    from edge_asd.audio import read_wav
+    from edge_asd.detector import Detector
+    from edge_asd.frontend import compute_features
+    from edge_asd.service import StreamingScorer
+
+    bundle = copy_bundle(tmp_path)
+    site = tmp_path / "site"
+    machine_clips(site, ["normal"] * 12, duration_s=2.0, seed=7)
+    factory = read_bundle(bundle)
+    result = edge_asd("enroll", bundle, "--input", site, "--seconds", "24", "--period-s", "2", "--selective")
+    assert result.returncode == 0, result.stderr
+    enrolled = read_bundle(bundle)
+    assert enrolled.enrollment.selective and enrolled.enrollment.active == "site"
+    assert "selective" in edge_asd("info", bundle).stdout
+
+    audio = read_wav(tiny_wavs["anomaly"][0])[0]
+    frames = compute_features(audio, enrolled.features)
+    selective = Detector(enrolled)
+    assert selective.selective
+    site_only = Detector(enrolled, selective_with=None)
+    factory_only = Detector(dataclasses.replace(enrolled, normalization=factory.normalization,
+                                                score_scaling=factory.score_scaling), selective_with=None)
+    expected = np.minimum(site_only.score_windows(frames), factory_only.score_windows(frames))
+    got = selective.score_windows(frames)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert (got < site_only.score_windows(frames)).any() or (got < factory_only.score_windows(frames)).any()
+    streaming = StreamingScorer(selective, n_channels=1)
+    stream = [s for block in np.array_split(audio.reshape(-1, 1), 7) for _, s in streaming.push(block)]
+    np.testing.assert_allclose(stream, got[: len(stream)], rtol=1e-6)
+
+    # The threshold is fitted on the selective period scores of the site audio, not on the site-only ones.
+    from edge_asd.audio.sources import open_source
+    from edge_asd.calibration import fit_threshold
+    from edge_asd.config import InputConfig
+
+    inp = InputConfig(kind="folder", path=site, channels=1, realtime=False)
+    periods = {name: score_periods(det, open_source(inp, sr=SR, realtime=False), period_s=2.0)[0]
+               for name, det in (("selective", selective), ("site", site_only))}
+    assert (periods["selective"] <= periods["site"] + 1e-9).all() and (periods["selective"] < periods["site"]).any()
+    assert enrolled.threshold.source == "enrollment"
+    assert enrolled.threshold.value == pytest.approx(fit_threshold(periods["selective"], period_s=2.0).threshold, rel=1e-6)
+    rolled = edge_asd("enroll", bundle, "--rollback")
+    assert rolled.returncode == 0, rolled.stderr
+    back = read_bundle(bundle)
+    assert not back.enrollment.selective and back.enrollment.active == "factory"
+    assert not Detector(back).selective

@@ -44,6 +44,9 @@ def test_commands_parse_to_their_fields():
     c = parse_command('{"id": "op-1", "command": "enroll", "seconds": 30, "false_alarms_per_day": 0.5}')
     assert (c.id, c.name, c.seconds, c.false_alarms_per_day, c.bundle) == ("op-1", "enroll", 30.0, 0.5, None)
     assert parse_command(b'{"id": "x", "command": "reload", "bundle": "/b/v7"}').bundle == Path("/b/v7")
+    assert parse_command(b'{"id": "x", "command": "enroll", "seconds": 60, "selective": true}').selective
+    with pytest.raises(CommandError, match='"selective"'):
+        parse_command(b'{"id": "x", "command": "enroll", "seconds": 60, "selective": "yes"}')
 
 
 def test_remote_commands_need_an_authenticated_connection():
