@@ -44,6 +44,7 @@ from typing import Any, Callable, Literal, Mapping
 from edge_asd.config import HealthConfig
 from edge_asd.errors import ConfigError, EdgeASDError
 from edge_asd.mqtt_discovery import MACHINE_STATES, LiveState, apply_event, apply_period, machine_state
+from edge_asd.sinks import _utc_iso
 
 __all__ = [
     "HealthError",
@@ -102,10 +103,6 @@ def resolve_state_file(health: HealthConfig, store_path: Path, *, runtime_dir: P
         return runtime_dir / STATE_FILE_NAME
     store_path = Path(store_path)
     return store_path.with_name(store_path.stem + ".state.json")
-
-
-def _utc_iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,7 @@ from edge_asd.sinks import Event, MqttForwarder, SQLiteStore
 from tests.device_helpers import REPO, device_env
 from tests.mqtt_auth_broker import MOSQUITTO_PASSWD, AuthBroker, make_pki
 from tests.test_mqtt import MOSQUITTO
-from tests.test_mqtt_discovery import CONFIG_TOPICS, Collector, retained
+from tests.test_mqtt_discovery import CONFIG_TOPICS, Collector, retained, wait_until
 
 pytest.importorskip("cryptography", reason="the test certificates are made with the cryptography package")
 pytestmark = pytest.mark.skipif(MOSQUITTO is None or MOSQUITTO_PASSWD is None,
@@ -111,15 +111,6 @@ def raise_events(forwarder: MqttForwarder, store: SQLiteStore, n: int) -> list[s
         forwarder.emit(event)
         ids.append(event.id)
     return ids
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return bool(condition())
 
 
 def records(caplog, text: str, level: int | None = None) -> list[logging.LogRecord]:

@@ -32,6 +32,16 @@ CONFIG_TOPICS = {
 }
 
 
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    """Poll ``condition`` every 50 ms until it holds or ``timeout`` seconds pass; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return bool(condition())
+
+
 class Collector:
     """A clean-session subscriber that keeps every message as ``(topic, payload, retain)``.
 
@@ -70,12 +80,7 @@ class Collector:
         return got[-1][0] if got else None
 
     def wait(self, condition, timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return True
-            time.sleep(0.05)
-        return bool(condition())
+        return wait_until(condition, timeout)
 
     def close(self) -> None:
         self.client.disconnect()
