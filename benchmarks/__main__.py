@@ -65,7 +65,9 @@ def make_models(work: Path, *, quick: bool, seed: int = 0) -> tuple[dict[str, di
     for kind in KINDS:
         log(f"training {kind} for the benchmarks")
         labels = [attribute_group(c) for c in train_clips] if kind == "cnn-lstm" else None
-        cfg = TrainConfig(model=kind, epochs=1 if quick else 3, seed=seed, batch_size=64)
+        # Quick mode caps the training windows: one short epoch, the models only need their shapes.
+        cfg = TrainConfig(model=kind, epochs=1 if quick else 3, seed=seed, batch_size=64,
+                          max_train_windows=512 if quick else TrainConfig.max_train_windows)
         result = train([c.path for c in train_clips], features, cfg, labels=labels, cache_dir=work / "cache",
                        log=lambda s: None, progress=False)
         bundle = export_bundle(result, work / "bundles" / kind, provenance={"data_root": str(data), "protocol": "benchmark"})

@@ -3,7 +3,10 @@
     python -m benchmarks.import_memory [--before REF] [--seconds 30] [--repeats 3] [--bundle DIR]
         [--also-bundles DIR ...]   # e.g. /tmp/edge-asd-toycar-auto/seed1/candidates/*: one bundle per recipe
 
-Four measurements, each in fresh interpreters (``--repeats`` of them, the median is reported):
+Every figure for two columns of the working tree: the front end's kernels compiled ahead of time
+(``python -m edge_asd.frontend.aot``, as ``scripts/setup`` installs them) and numba's JIT kernels
+(``EDGE_ASD_KERNELS=jit``, what a process without the compiled module runs). Four measurements,
+each in fresh interpreters (``--repeats`` of them, the median is reported):
 
 1. **Each import alone**: peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) and current RSS
    (``VmRSS`` of ``/proc/self/status``) right after ``import X`` in a fresh ``python``, for the
@@ -98,7 +101,7 @@ stage("+ the bundle and its int8 model in the LiteRT interpreter")
 from edge_asd.frontend import StreamingFrontend
 frontend = StreamingFrontend(detector.config, n_channels=1)
 frontend.push(np.zeros((1600, 1), np.float32))
-stage("+ the numba kernels, loaded from their cache by the first push of audio")
+stage("+ the front end's kernels, by the first push of audio (ahead-of-time module, or numba loading its cache)")
 print(json.dumps(stages))
 """
 
@@ -173,15 +176,17 @@ def log(msg: str) -> None:
 class Tree:
     """An ``edge_asd`` package to measure: the working tree, or a commit exported to ``root``."""
 
-    def __init__(self, label: str, root: Path, *, work: Path) -> None:
+    def __init__(self, label: str, root: Path, *, work: Path, jit: bool = False) -> None:
         self.label = label
         self.root = root
+        self.jit = jit  # numba's JIT kernels even where the ahead-of-time module is built
         # Each tree its own numba cache, so one tree's compiled kernels never serve the other.
         self.cache = work / ("numba-cache-" + "".join(c if c.isalnum() else "-" for c in label))
         self.cache.mkdir(parents=True, exist_ok=True)
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "NUMBA_CACHE_DIR": str(self.cache), **extra}
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "NUMBA_CACHE_DIR": str(self.cache),
+               "EDGE_ASD_KERNELS": "jit" if self.jit else "auto", **extra}
         env.pop("NOTIFY_SOCKET", None)
         env["PYTHONPATH"] = os.pathsep.join([str(self.root)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
         return env
@@ -355,7 +360,8 @@ def markdown(results: dict[str, dict[str, Any]], *, seconds: float, long_seconds
         f"## `edge-asd run`: {seconds:g} s of audio (wav file, `--fast`) with a real bundle (`--bundle`, or a tiny conv-ae trained here)",
         "",
         "Peak RSS read by the parent with `wait4`. Warm: the numba kernels in the cache (every start but "
-        "the first); cold: an empty `NUMBA_CACHE_DIR`, so numba compiles the kernels (the first start).",
+        "the first); cold: an empty `NUMBA_CACHE_DIR`, so numba compiles the kernels (the first start). "
+        "The ahead-of-time kernels use no cache: warm and cold are the same start.",
         "",
         "| | " + " | ".join(labels) + " |",
         "|---|" + "---|" * len(labels),
@@ -376,10 +382,11 @@ def markdown(results: dict[str, dict[str, Any]], *, seconds: float, long_seconds
     def gain(i: int) -> float:
         return step[names[i]] - step[names[i - 1]]
 
-    last = results[labels[-1]]
+    jit_label = next((x for x in labels if "numba" in results[x]["run_modules"]["heavy"]), labels[-1])
+    last = results[jit_label]
     lines += [
         "",
-        f"Of the {last['run_warm_mb']:.0f} MB warm peak ({labels[-1]}), numba takes {step[names[-1]] - step[names[1]]:.0f} MB "
+        f"Of the {last['run_warm_mb']:.0f} MB warm peak ({jit_label}), numba takes {step[names[-1]] - step[names[1]]:.0f} MB "
         f"over numpy (section \"Where numba's share goes\"): the LLVM library llvmlite loads {gain(2):.0f}, numba's modules "
         f"{gain(3):.0f}, its CPU target {gain(4):.0f}, its runtime (NRT), compiled by LLVM at every start, {gain(5):.0f}, and its "
         f"typing and lowering registries {gain(6):.0f}, of which scipy.linalg, imported by numba only to probe for BLAS, "
@@ -387,6 +394,11 @@ def markdown(results: dict[str, dict[str, Any]], *, seconds: float, long_seconds
         f"{last['run_warm_mb'] - step[names[-1]]:.0f} MB are LiteRT with the model, edge_asd with click, sqlite3 and "
         "the other standard-library modules it imports, and the audio buffers.",
     ]
+    for x in labels:
+        if "numba" not in results[x]["run_modules"]["heavy"]:
+            lines += ["", f"**{x}**: the front end's kernels were compiled ahead of time by numba (`python -m edge_asd.frontend.aot`, "
+                      f"run by `scripts/setup` and `systemd/install.sh`), so the process imports neither numba nor LLVM: warm peak "
+                      f"{results[x]['run_warm_mb']:.0f} MB, {last['run_warm_mb'] - results[x]['run_warm_mb']:.0f} MB below {jit_label}."]
     if long_seconds and last.get("run_long_mb"):
         lines += ["", f"File sources read a whole file at once: one {long_seconds:g} s file instead of {seconds:g} s raises the peak by "
                   f"{last['run_long_mb'] - last['run_warm_mb']:.0f} MB (float32 samples and their decoding). A microphone streams."]
@@ -472,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "import_memory")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from edge_asd.frontend import aot
+
+    if not aot.compiled_path().is_file():
+        log(f"note: {aot.compiled_path()} is absent (python -m edge_asd.frontend.aot builds it); both working-tree "
+            "columns use numba's JIT kernels")
     if args.bundle is not None and not (args.bundle / "bundle.json").is_file():
         parser.error(f"--bundle {args.bundle}: no bundle.json there")
     args.work.mkdir(parents=True, exist_ok=True)
@@ -486,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         archive = subprocess.run(["git", "archive", args.before, "edge_asd"], capture_output=True, cwd=REPO, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(root)], input=archive, check=True)
         trees.append(Tree(f"before ({rev.stdout.strip()})", root, work=args.work))
-    trees.append(Tree("after (working tree)" if args.before else "working tree", REPO, work=args.work))
+    trees.append(Tree("working tree, numba JIT kernels", REPO, work=args.work, jit=True))
+    trees.append(Tree("working tree" + (", ahead-of-time kernels" if aot.compiled_path().is_file() else ""), REPO, work=args.work))
     try:
         results = {t.label: measure(t, bundle, wav, long_wav, args.work, args.repeats) for t in trees}
     finally:

@@ -59,12 +59,18 @@ NAME = "toycar_domain"
 FOLD_ORDER = ("B1", "B2", "C2", "D2", "C1", "D1")
 """Cars with normal test clips first: a run cut short still has folds with an AUC (target)."""
 VARIANTS = ("factory", "enrolled", "enrolled-selective", "knn-factory", "knn-site")
+ENSEMBLE_VARIANTS = ("member", "ensemble")
+"""With ``--ensemble-with RECIPE``: that recipe's model alone, trained on the fold with the primary's
+frames and windows, and the ensemble of both (``asd-train ensemble``)."""
 VARIANT_TEXT = {
     "factory": "as trained (factory normalisation, scaling)",
     "enrolled": "enroll_bundle on the 10 site clips (normalisation + score scaling re-fitted)",
     "enrolled-selective": "enroll_bundle --selective: each window scored under the site and the factory values, the lower counts",
     "knn-factory": "k-NN back end, factory bank only",
     "knn-site": "k-NN back end enrolled on the 10 site clips (site bank + normalisation + scaling)",
+    "member": "the --ensemble-with recipe alone, trained on the same clips with the same frames and windows",
+    "ensemble": "factory + member in one ensemble bundle (mean of the standardised window scores, re-standardised "
+                "and thresholded on the fold's validation normal clips)",
 }
 METRICS = (("auc_source", "AUC (source)"), ("auc_target", "AUC (target)"), ("pauc", "pAUC"), ("score", "official"),
            ("auc_target_within", "AUC (target, within)"))
@@ -103,20 +109,21 @@ def _enroll(src: Path, dst: Path, site: Path, *, selective: bool = False) -> dic
     return {"enroll_periods": res.n_periods, "threshold": res.bundle.threshold.value}
 
 
-def train_fold(split, recipe, *, seed: int, epochs: int | None, d: Path, resume: bool) -> dict:
-    """Train and export the fold's factory bundle (``d/factory``), or re-use it with ``resume``."""
+def train_fold(split, recipe, *, seed: int, epochs: int | None, d: Path, resume: bool, out: str = "factory") -> dict:
+    """Train and export the fold's bundle ``d/out`` (the factory bundle, or with ``out="member"`` the
+    ensemble member), or re-use it with ``resume``."""
     from trainer.export import export_bundle
     from trainer.train import train
 
-    meta_path = d / "fold.json"
-    if resume and meta_path.exists() and (d / "factory" / "bundle.json").exists():
-        click.echo(f"{split.name}: re-using {d / 'factory'}", err=True)
+    meta_path = d / ("fold.json" if out == "factory" else f"{out}.json")
+    if resume and meta_path.exists() and (d / out / "bundle.json").exists():
+        click.echo(f"{split.name}: re-using {d / out}", err=True)
         return json.loads(meta_path.read_text())
     click.echo(f"=== {split.name}: training {recipe.name} on {len(split.train)} clips", err=True)
     t0 = time.perf_counter()
     result = train([c.path for c in split.train], recipe.feature_config(), recipe.train_config(seed=seed, epochs=epochs),
                    log=lambda s: click.echo(s, err=True), progress=False)
-    export_bundle(result, d / "factory", provenance={"data_root": str(DATA), "protocol": split.protocol, "split": split.name})
+    export_bundle(result, d / out, provenance={"data_root": str(DATA), "protocol": split.protocol, "split": split.name})
     meta = {"split": split.name, "description": split.description, "recipe": recipe.name, "seed": seed,
             "train_paths": [str(p) for p in result.train_paths], "val_paths": [str(p) for p in result.val_paths],
             "site": [str(c.path) for c in split.site], "train_time_s": result.train_time_s,
@@ -131,6 +138,14 @@ def make_variant(variant: str, d: Path, meta: dict, site: Path, seed: int) -> Pa
 
     if variant == "factory":
         return d / "factory"
+    if variant == "member":
+        return d / "member"
+    if variant == "ensemble":
+        from trainer.ensemble import make_ensemble
+
+        shutil.rmtree(d / "ensemble", ignore_errors=True)
+        # The validation clips of both models (same clips, same seed): neither optimiser saw them.
+        return make_ensemble([d / "factory", d / "member"], d / "ensemble", [Path(p) for p in meta["val_paths"]]).path
     if variant in ("enrolled", "enrolled-selective"):
         _enroll(d / "factory", d / variant, site, selective=variant == "enrolled-selective")
         return d / variant
@@ -146,7 +161,8 @@ def make_variant(variant: str, d: Path, meta: dict, site: Path, seed: int) -> Pa
             return knn
         _enroll(knn, d / "knn-site", site)
         return d / "knn-site"
-    raise click.BadParameter(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}", param_hint="--variants")
+    raise click.BadParameter(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS + ENSEMBLE_VARIANTS)}",
+                             param_hint="--variants")
 
 
 def fold_metrics(test, scores: dict[str, float]) -> dict:
@@ -159,7 +175,7 @@ def fold_metrics(test, scores: dict[str, float]) -> dict:
 
 
 def run_fold(clips, car: str, seed: int, recipe, *, epochs: int | None, variants: list[str], work: Path, resume: bool,
-             cached_only: bool = False) -> list[dict]:
+             cached_only: bool = False, member_recipe=None) -> list[dict]:
     """One fold's rows; with ``cached_only`` only from what ``work`` holds (``[]`` for a fold never trained)."""
     from trainer.protocols import leave_one_group_out
 
@@ -169,6 +185,10 @@ def run_fold(clips, car: str, seed: int, recipe, *, epochs: int | None, variants
         click.echo(f"{split.name}: not in {work}, left out (--cached-only)", err=True)
         return []
     meta = train_fold(split, recipe, seed=seed, epochs=epochs, d=d, resume=resume)
+    if member_recipe is not None:
+        member = train_fold(split, member_recipe, seed=seed, epochs=epochs, d=d, resume=resume, out="member")
+        if member["val_paths"] != meta["val_paths"]:
+            raise RuntimeError(f"{split.name}: the member's validation clips differ from the factory model's")
     site = _site_folder(split, d)
     rows = []
     for variant in variants:
@@ -219,6 +239,8 @@ def markdown(rows: list[dict], pool: list[dict], meta: dict) -> str:
         "# ToyCar: leave one car out (a development protocol for domain shift)",
         "",
         f"`{meta['command']}` — recipe {meta['recipe']}, epochs {meta['epochs']}, seeds {meta['seeds']}, "
+        + (f"ensemble member {meta['member_recipe']} at the recipe's frames and windows ({json.dumps(meta['member_settings'])}), "
+           if meta.get("member_recipe") else "") +
         f"{meta['site_clips']} site clips per fold. Protocol `leave-one-group-out` (`trainer/protocols.py`): for each "
         "source car the model trains on the other five cars' training clips; 10 of the held-out car's training clips "
         "are the site clips (enrollment / site memory bank); its test clips are the **pseudo-target** test set, the "
@@ -297,8 +319,9 @@ def markdown(rows: list[dict], pool: list[dict], meta: dict) -> str:
 def write(rows: list[dict], variants: list[str], meta: dict) -> None:
     pool = pooled(rows, variants)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    _json(RESULTS / f"{NAME}.json", {**meta, "pooled": pool, "rows": rows})
-    (RESULTS / f"{NAME}.md").write_text(markdown(rows, pool, meta))
+    name = meta.get("results_name", NAME)
+    _json(RESULTS / f"{name}.json", {**meta, "pooled": pool, "rows": rows})
+    (RESULTS / f"{name}.md").write_text(markdown(rows, pool, meta))
 
 
 def _list(text: str, name: str) -> list[str]:
@@ -318,7 +341,11 @@ def _list(text: str, name: str) -> list[str]:
 @click.option("--resume", is_flag=True, help="Re-use trained folds and scores found under --work.")
 @click.option("--cached-only", is_flag=True, help="Only the folds --work already holds (implies --resume): train nothing, "
               "score the variants not yet scored from their cached bundles.")
-def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, resume: bool, cached_only: bool) -> None:
+@click.option("--ensemble-with", "ensemble_with", default=None, metavar="RECIPE",
+              help="Also train this recipe per fold, with the primary's frames and windows, and score it alone (variant "
+              "member) and in an ensemble with the factory model (variant ensemble). Writes toycar_domain_ensemble.*.")
+def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, resume: bool, cached_only: bool,
+         ensemble_with: str | None) -> None:
     if not DATA.is_dir():
         click.echo(f"skipped: {DATA} is absent (see ../shared/data/README.md)")
         return
@@ -331,9 +358,11 @@ def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, 
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     variant_list = _list(variants, "--variants")
-    unknown = sorted(set(variant_list) - set(VARIANTS))
+    allowed = VARIANTS + (ENSEMBLE_VARIANTS if ensemble_with else ())
+    unknown = sorted(set(variant_list) - set(allowed))
     if unknown:
-        raise click.BadParameter(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}", param_hint="--variants")
+        raise click.BadParameter(f"unknown variants {unknown}; choose from {', '.join(allowed)} (member and ensemble "
+                                 "need --ensemble-with)", param_hint="--variants")
     clips = read_dataset(DATA, layout="auto")
     fold_list = _list(folds, "--folds")
     available = holdout_groups(clips, "car")
@@ -341,15 +370,22 @@ def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, 
     if bad:
         raise click.BadParameter(f"cars {bad} cannot be held out; choose from {', '.join(available)}", param_hint="--folds")
     recipe = get_recipe(DEFAULT_RECIPE)
+    # The member sees the primary's frames and windows: an ensemble scores the same windows with both.
+    member_recipe = None if ensemble_with is None else get_recipe(ensemble_with).with_overrides(
+        n_fft=recipe.n_fft, hop_length=recipe.hop_length, n_mels=recipe.n_mels, features=recipe.features,
+        n_frames=recipe.n_frames, hop_frames=recipe.hop_frames)
     argv = " ".join(sys.argv[1:])
     meta = {"command": f"python -m benchmarks.{NAME}" + (f" {argv}" if argv else ""), "recipe": recipe.name,
             "epochs": epochs or recipe.epochs, "seeds": seed_list, "folds": fold_list, "site_clips": DEFAULT_SITE_CLIPS,
             "data": str(DATA), "period_s": PERIOD_S}
+    if member_recipe is not None:
+        meta.update(results_name=f"{NAME}_ensemble", member_recipe=member_recipe.name,
+                    member_settings={k: v for k, v in member_recipe.settings().items() if v is not None})
     rows: list[dict] = []
     for seed in seed_list:
         for car in fold_list:
             new = run_fold(clips, car, seed, recipe, epochs=epochs, variants=variant_list, work=work,
-                           resume=resume or cached_only, cached_only=cached_only)
+                           resume=resume or cached_only, cached_only=cached_only, member_recipe=member_recipe)
             if not new:
                 meta.setdefault("notes", []).append(f"- car {car}, seed {seed}: not run (left out of every table)")
             rows += new

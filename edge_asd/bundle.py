@@ -26,6 +26,15 @@ Schema 3 = schema 2 plus an optional scoring back end (:mod:`edge_asd.backends`)
 A bundle is written in schema 3 only when it carries a back end, so that an edge-asd older than
 back ends refuses it (``schema version 3 is not supported``) instead of scoring plain MSE against a
 threshold set in back-end units; bundles without one stay schema 2, readable by older devices.
+
+Schema 4 = schema 3 plus an optional ensemble (``asd-train ensemble``):
+
+- ``ensemble``: ``{"members": [{"path", "sha256"}], "combine": "mean", "score_scaling": {"mean",
+  "std"}}``. Each member is a complete bundle in a sub-directory (``path``, relative; ``sha256`` of
+  its ``bundle.json``) with the same features and windows as this one. The device scores every
+  window with this bundle's model and each member's (each standardised by its own score scaling),
+  averages the scores and standardises the average with ``ensemble.score_scaling``; the top-level
+  threshold is on that combined score. Written in schema 4 only with an ensemble.
 """
 
 from __future__ import annotations
@@ -50,6 +59,7 @@ from edge_asd.frontend.config import FeatureConfig
 __all__ = [
     "SCHEMA_VERSION",
     "BACKEND_SCHEMA_VERSION",
+    "ENSEMBLE_SCHEMA_VERSION",
     "BUNDLE_JSON",
     "MODEL_FILES",
     "SCORE_KINDS",
@@ -57,6 +67,8 @@ __all__ = [
     "Normalization",
     "ScoreScaling",
     "BackendRef",
+    "EnsembleMember",
+    "Ensemble",
     "EnrollmentValues",
     "SiteEnrollment",
     "Enrollment",
@@ -65,6 +77,7 @@ __all__ = [
     "Threshold",
     "Bundle",
     "read_bundle",
+    "ensemble_problems",
     "write_bundle",
     "update_threshold",
     "file_sha256",
@@ -75,8 +88,13 @@ SCHEMA_VERSION = 2
 """Schema of bundles without a scoring back end."""
 BACKEND_SCHEMA_VERSION = 3
 """Schema of bundles with a scoring back end (see the module docstring)."""
-READABLE_SCHEMAS = (1, 2, 3)
-"""Schema versions this edge-asd reads (1: no score scaling, no enrollment record; 3: a back end)."""
+ENSEMBLE_SCHEMA_VERSION = 4
+"""Schema of ensemble bundles (see the module docstring)."""
+READABLE_SCHEMAS = (1, 2, 3, 4)
+"""Schema versions this edge-asd reads (1: no score scaling, no enrollment record; 3: a back end;
+4: an ensemble)."""
+ENSEMBLE_COMBINES = ("mean",)
+"""How an ensemble combines its models' standardised window scores."""
 BUNDLE_JSON = "bundle.json"
 MODEL_FILES = {"int8": "model_int8.tflite", "float": "model_float.tflite"}
 SCORE_KINDS = ("reconstruction_mse", "neg_log_prob", "anomaly_prob")
@@ -275,6 +293,48 @@ class BackendRef:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EnsembleMember:
+    """One more model of an ensemble: a complete bundle in a sub-directory of this one."""
+
+    path: str
+    """Directory relative to the ensemble bundle (e.g. ``members/1``)."""
+    sha256: str
+    """SHA-256 of the member's ``bundle.json`` (its model files are checked by its own digests)."""
+
+    def __post_init__(self) -> None:
+        parts = Path(self.path).parts
+        if not parts or Path(self.path).is_absolute() or any(p in ("..", ".") for p in parts):
+            raise ParameterError(f"ensemble member path must be a sub-directory of the bundle, got {self.path!r}")
+        if len(self.sha256) != 64:
+            raise ParameterError(f"ensemble member sha256 must be a SHA-256 hex digest, got {self.sha256!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ensemble:
+    """Further models whose window scores are averaged with this bundle's (schema 4)."""
+
+    members: tuple[EnsembleMember, ...]
+    score_scaling: ScoreScaling = field(default_factory=ScoreScaling)
+    """Standardises the average of the models' standardised window scores (fitted on normal windows)."""
+    combine: str = "mean"
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ParameterError("an ensemble needs at least one member besides the bundle's own model")
+        if self.combine not in ENSEMBLE_COMBINES:
+            raise ParameterError(f"ensemble.combine must be one of {ENSEMBLE_COMBINES}, got {self.combine!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"members": [dataclasses.asdict(m) for m in self.members], "combine": self.combine,
+                "score_scaling": dataclasses.asdict(self.score_scaling)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> "Ensemble":
+        return cls(members=tuple(EnsembleMember(path=str(m["path"]), sha256=str(m["sha256"])) for m in raw["members"]),
+                   combine=str(raw.get("combine", "mean")), score_scaling=ScoreScaling.from_dict(raw["score_scaling"]))
+
+
+@dataclass(frozen=True, kw_only=True)
 class EnrollmentValues:
     """The things enrollment changes and rollback restores (the back end only in schema 3)."""
 
@@ -377,6 +437,8 @@ class Bundle:
     """Factory and site values; ``None`` for schema 1 bundles never enrolled."""
     backend: BackendRef | None = None
     """The active scoring back end; ``None``: the model's own window score."""
+    ensemble: Ensemble | None = None
+    """Further models scored with this one (schema 4); ``None``: this model alone."""
     provenance: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -401,12 +463,19 @@ class Bundle:
             return None
         return load_backend(self.path / self.backend.file, dim=self.backend.dim)
 
+    def load_members(self) -> tuple["Bundle", ...]:
+        """The ensemble's member bundles, read and checked (:func:`read_bundle`); ``()`` without one."""
+        if self.ensemble is None:
+            return ()
+        return tuple(_read_member(self, m) for m in self.ensemble.members)
+
     def to_json(self) -> dict[str, Any]:
         """The ``bundle.json`` object."""
         model = dataclasses.asdict(self.model)
         model["quantization"] = {k: dataclasses.asdict(v) for k, v in self.model.quantization.items()}
+        version = ENSEMBLE_SCHEMA_VERSION if self.ensemble else BACKEND_SCHEMA_VERSION if self.backend_refs() else SCHEMA_VERSION
         out = {
-            "schema_version": BACKEND_SCHEMA_VERSION if self.backend_refs() else SCHEMA_VERSION,
+            "schema_version": version,
             "features": self.features.to_dict(),
             "window": dataclasses.asdict(self.window),
             "normalization": dataclasses.asdict(self.normalization),
@@ -419,6 +488,8 @@ class Bundle:
         }
         if self.backend is not None:
             out["backend"] = self.backend.to_json()
+        if self.ensemble is not None:
+            out["ensemble"] = self.ensemble.to_json()
         return out
 
 
@@ -460,6 +531,7 @@ def _parse(data: Any, path: Path) -> Bundle:
         model = ModelInfo(**model_raw)
         threshold = Threshold.from_dict(_section(data, "threshold", where))
         backend = None if data.get("backend") is None else BackendRef.from_json(data["backend"])
+        ensemble = None if data.get("ensemble") is None else Ensemble.from_json(data["ensemble"])
     except BundleError:
         raise
     except (ParameterError, TypeError, KeyError, ValueError) as exc:
@@ -486,6 +558,7 @@ def _parse(data: Any, path: Path) -> Bundle:
         score_scaling=scaling,
         enrollment=enrollment,
         backend=backend,
+        ensemble=ensemble,
         provenance=data.get("provenance", {}),
         metrics=data.get("metrics", {}),
         schema_version=version,
@@ -573,7 +646,44 @@ def read_bundle(path: str | os.PathLike, *, verify_files: bool = True) -> Bundle
                 )
         for name, ref in bundle.backend_refs():
             verify_backend_file(bundle, ref, meta)
+        bundle.load_members()  # each member read, its files verified, and checked against this bundle
     return bundle
+
+
+def _read_member(bundle: Bundle, member: EnsembleMember) -> Bundle:
+    """One ensemble member, read and verified, with the features and windows of ``bundle``."""
+    meta = bundle.path / BUNDLE_JSON
+    where = bundle.path / member.path
+    member_json = where / BUNDLE_JSON
+    if not member_json.is_file():
+        raise BundleError(f"{member_json}: ensemble member missing (named in {meta}); re-copy the whole bundle directory")
+    if file_sha256(member_json) != member.sha256:
+        raise BundleError(f"{member_json}: does not match the digest in {meta} (changed, or from another ensemble); "
+                          "re-copy the bundle, or rebuild it with asd-train ensemble")
+    read = read_bundle(where)
+    problems = ensemble_problems(bundle, read)
+    if problems:
+        raise BundleError(f"{where}: cannot be a member of the ensemble {bundle.path}: {'; '.join(problems)}")
+    return read
+
+
+def ensemble_problems(primary: Bundle, member: Bundle) -> list[str]:
+    """Why ``member`` cannot be scored together with ``primary`` (empty: it can): the windows must
+    be the same frames (features and windows equal) and both models autoencoders, the member a
+    plain bundle (no ensemble, no selective enrollment)."""
+    problems = []
+    if member.features != primary.features:
+        problems.append(f"features {member.features.to_dict()} differ from {primary.features.to_dict()}")
+    if member.window != primary.window:
+        problems.append(f"window {dataclasses.asdict(member.window)} differs from {dataclasses.asdict(primary.window)}")
+    if member.ensemble is not None:
+        problems.append("it is an ensemble itself")
+    if member.enrollment is not None and member.enrollment.selective:
+        problems.append("it was enrolled --selective")
+    for b in (primary, member):
+        if b.model.score != "reconstruction_mse":
+            problems.append(f"{b.path.name}'s model scores {b.model.score!r}; ensembles combine autoencoders")
+    return problems
 
 
 def verify_backend_file(bundle: Bundle, ref: BackendRef, meta: Path | None = None) -> None:

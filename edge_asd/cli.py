@@ -338,6 +338,13 @@ def info(bundle, no_model) -> None:
         click.echo(f"           file {r.file}, sha256 {r.sha256[:16]}" + (f"; fitted with {json.dumps(chosen, default=str)}" if chosen else ""))
     else:
         click.echo("backend    none (raw window score = the model's own score)")
+    if b.ensemble is not None:
+        e = b.ensemble
+        click.echo(f"ensemble   {e.combine} of {1 + len(e.members)} models' standardised window scores, then "
+                   f"(x - {e.score_scaling.mean:.6g}) / {e.score_scaling.std:.6g}")
+        for ref, member in zip(e.members, b.load_members()):
+            click.echo(f"  member   {ref.path}: {member.model.kind} ({member.model.objective}), "
+                       f"int8 sha256 {member.model.sha256.get('int8', '?')[:16]}")
     from edge_asd.enrollment import describe_enrollment
 
     for line in describe_enrollment(b):
@@ -400,20 +407,23 @@ def bench(bundle, model, seconds, channels, repeats, num_threads, class_label) -
     w = detector.bundle.window
     from edge_asd.frontend import compute_features
 
-    windows = window_view(detector.normalize(compute_features(audio, detector.config)), n_frames=w.n_frames, hop_frames=w.hop_frames)
+    # Raw windows, normalised in the timed call as the service does: for an ensemble, once per model.
+    windows = window_view(compute_features(audio, detector.config), n_frames=w.n_frames, hop_frames=w.hop_frames)
     if len(windows) == 0:
         raise EdgeASDError(f"{seconds:g} s of audio is shorter than one model window; use a longer --seconds")
     lat = []
     for i in range(max(BENCH_MIN_WINDOWS, len(windows))):  # cycle short clips for stable percentiles
         t0 = time.perf_counter()
-        detector.score_window(windows[i % len(windows)])
+        detector.score_raw_window(windows[i % len(windows)])
         lat.append(time.perf_counter() - t0)
     lat_ms = np.array(lat) * 1e3
     best, med = min(totals), float(np.median(totals))
-    click.echo(f"bundle            {detector.bundle.path} ({detector.bundle.model.kind}, {model}, runtime {detector.model.runtime}, {num_threads} thread(s))")
+    kinds = " + ".join(d.bundle.model.kind for d in (detector, *detector.members))
+    click.echo(f"bundle            {detector.bundle.path} ({kinds}, {model}, runtime {detector.model.runtime}, {num_threads} thread(s))")
     click.echo(f"audio             {seconds:g} s x {channels} ch at {sr} Hz, blocks of {block} samples, {n_windows} windows")
     click.echo(f"window latency    median {np.median(lat_ms):.3f} ms, p95 {np.percentile(lat_ms, 95):.3f} ms ({len(lat_ms)} windows)")
-    click.echo(f"front end         {min(fronts) * 1e3:.2f} ms per {seconds:g} s (real-time factor {min(fronts) / seconds:.5f})")
+    click.echo(f"front end         {min(fronts) * 1e3:.2f} ms per {seconds:g} s (real-time factor {min(fronts) / seconds:.5f}); "
+               f"kernels {fe.kernels.source}")
     click.echo(f"end to end        best {best * 1e3:.2f} ms, median {med * 1e3:.2f} ms per {seconds:g} s")
     click.echo(f"real-time factor  {best / seconds:.5f} (best), {med / seconds:.5f} (median)")
 

@@ -9,6 +9,11 @@ score through this class, so a clip gets the same score on the desk and on the d
 With a scoring back end in the bundle (:mod:`edge_asd.backends`), the raw window score of an
 autoencoder is the back end's score of the window's error vector instead of its mean squared error;
 score scaling, threshold, calibration and enrollment then work on that score as they do on the MSE.
+
+An ensemble bundle (schema 4) holds further models: every window is scored by each (its own
+normalisation, model, score scaling), the standardised scores are averaged and the average is
+standardised with the ensemble's scaling. Everything downstream (threshold, calibration, alarm)
+sees one score per window, as with a single model.
 """
 
 from __future__ import annotations
@@ -110,11 +115,20 @@ class Detector:
                 raise ParameterError("selective scoring (enroll --selective) works on the model's own score, "
                                      "not with a scoring back end")
             self._also = (*selective_with[0].arrays(), selective_with[1])
+        self.members = tuple(Detector(m, model=model, num_threads=num_threads, runtime=runtime) for m in bundle.load_members())
+        """The ensemble's further models (each a detector of its member bundle); ``()`` without one."""
+        self._ensemble_scaling = bundle.ensemble.score_scaling if bundle.ensemble is not None else None
 
     @property
     def selective(self) -> bool:
         """Whether windows are scored under two sets of values (the lower score counts)."""
         return self._also is not None
+
+    @property
+    def needs_raw_windows(self) -> bool:
+        """Whether windows must be scored from raw frames (:meth:`score_raw_window`): a selective
+        detector normalises each window twice, an ensemble once per model."""
+        return self._also is not None or bool(self.members)
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike, **kwargs) -> "Detector":
@@ -165,16 +179,21 @@ class Detector:
     def score_raw_window(self, raw: np.ndarray, *, class_index: int | None = None) -> float:
         """Score one window of raw (un-normalised) frames ``(n_frames, n_features)``: normalised
         and scored as :meth:`score_window`; for a selective detector the lower of the scores under
-        the active and the second values."""
+        the active and the second values; for an ensemble the standardised mean of this model's
+        score and each member's."""
         score = self.score_window((raw - self._mean) * self._inv_std, class_index=class_index)
         if self._also is not None:
             mean, inv_std, scaling = self._also
             score = min(score, float(scaling.apply(self.raw_score_window((raw - mean) * inv_std, class_index=class_index))))
+        if self.members:
+            combined = (score + sum(m.score_raw_window(raw) for m in self.members)) / (1 + len(self.members))
+            score = float(self._ensemble_scaling.apply(combined))
         return score
 
     def score_window(self, window: np.ndarray, *, class_index: int | None = None) -> float:
         """Score one normalised window ``(n_frames, n_features)``: the raw score standardised with
-        the bundle's score scaling (standard deviations of normal window scores)."""
+        the bundle's score scaling (standard deviations of normal window scores). This model's
+        score alone: selective and ensemble detectors score raw windows (:meth:`score_raw_window`)."""
         return float(self._scaling.apply(self.raw_score_window(window, class_index=class_index)))
 
     def raw_score_window(self, window: np.ndarray, *, class_index: int | None = None) -> float:
@@ -218,7 +237,7 @@ class Detector:
         """
         index = self._resolve_class(class_label) if class_label is not None else None
         w = self.bundle.window
-        if self._also is not None:
+        if self.needs_raw_windows:
             self.normalize(frames)  # checks the shape
             raw = window_view(np.asarray(frames, dtype=np.float32), n_frames=w.n_frames, hop_frames=w.hop_frames)
             return np.array([self.score_raw_window(win, class_index=index) for win in raw], dtype=np.float64)

@@ -135,7 +135,9 @@ def _record(source: Any, *, seconds: float) -> tuple[np.ndarray, SignalSummary, 
     kernel), the signal figures of the raw channels and the 5th percentile over blocks of the
     lowest channel-to-others correlation (``None`` for one channel), which the sensor monitor's
     decorrelation check learns from."""
-    from edge_asd.frontend.kernels import downmix_into
+    from edge_asd.frontend.aot import frontend_kernels
+
+    downmix_into = frontend_kernels().downmix_into
 
     limit = int(round(seconds * source.sr))
     mono = np.empty(limit, dtype=np.float32)
@@ -217,6 +219,10 @@ def enroll_bundle(
     from edge_asd.frontend import compute_features
 
     bundle = read_bundle(bundle_path)
+    if bundle.ensemble is not None:
+        raise ParameterError(f"{bundle.path}: is an ensemble ({1 + len(bundle.ensemble.members)} models); enroll does "
+                             "not refit ensembles yet: enroll each member bundle, then rebuild the ensemble with "
+                             "'asd-train ensemble', or use 'edge-asd calibrate' to refit its threshold on site")
     sr = bundle.features.sr
     where = describe_input(inp)
     need_s = MIN_PERIODS * period_s

@@ -207,11 +207,12 @@ class StreamingScorer:
     def _add_frames(self, frames: np.ndarray) -> list[tuple[float, float]]:
         if frames.shape[0] == 0:
             return []
-        # A selective detector normalises each window twice (two sets of values): it buffers raw frames.
-        selective = self.detector.selective
-        new = frames.astype(np.float32, copy=False) if selective else self.detector.normalize(frames)
+        # A selective detector normalises each window twice (two sets of values), an ensemble once
+        # per model: they take raw frames.
+        raw = self.detector.needs_raw_windows
+        new = frames.astype(np.float32, copy=False) if raw else self.detector.normalize(frames)
         buf = np.concatenate([self._buffer, new]) if self._buffer.size else new
-        score_one = self.detector.score_raw_window if selective else self.detector.score_window
+        score_one = self.detector.score_raw_window if raw else self.detector.score_window
         out = []
         end = self._base + buf.shape[0]
         while self._next + self._n <= end:
@@ -517,8 +518,8 @@ class Service:
         self._thread.start()
         self.notifier.ready(f"listening, threshold {self.alarm.threshold:.4g}"
                             + (f"; WARNING: {self.threshold_warning}" if self.threshold_warning else ""))
-        log.info("running: device %s, threshold %.4g, period %.1f s", self.config.device.id,
-                 self.alarm.threshold, self.config.alarm.period_s)
+        log.info("running: device %s, threshold %.4g, period %.1f s; front end kernels %s", self.config.device.id,
+                 self.alarm.threshold, self.config.alarm.period_s, self.scorer.frontend.kernels.source)
         next_stats = time.monotonic() + self.config.service.stats_interval_s
         stall_s = max(self.notifier.watchdog_interval_s or 0.0, AUDIO_STALL_BLOCKS * self.config.input.block_s)
         last_audio = time.monotonic()  # the capture gets the same grace to deliver its first block

@@ -44,6 +44,10 @@ usermod -a -G audio edge-asd
 python3 -m venv "$prefix/venv"
 "$prefix/venv/bin/pip" install --upgrade pip
 "$prefix/venv/bin/pip" install "$repo[device]"
+# The front end's numba kernels compiled ahead of time into the installed package (needs gcc): the
+# service then never loads numba's LLVM compiler, ~130 MB less memory (benchmarks/results/import_memory.md).
+aot_ok=1
+"$prefix/venv/bin/python" -m edge_asd.frontend.aot || aot_ok=0
 
 # 3. Configuration and data.
 install -d -m 0750 -o root -g edge-asd /etc/edge-asd
@@ -61,10 +65,10 @@ if [[ -n "$bundle" ]]; then
     mv /var/lib/edge-asd/bundle.new /var/lib/edge-asd/bundle
 fi
 
-# Compile the front end's numba kernels into the service's cache now, as the service user: the
-# service's first start then loads them instead of compiling, which would raise its peak memory
-# by ~15 MB (benchmarks/results/import_memory.md) and delay READY by seconds.
-if [[ -f /var/lib/edge-asd/bundle/bundle.json ]]; then
+# Without the ahead-of-time kernels, compile the JIT kernels into the service's cache now, as the
+# service user: the service's first start then loads them instead of compiling, which would raise
+# its peak memory by ~15 MB and delay READY by seconds.
+if [[ $aot_ok -eq 0 && -f /var/lib/edge-asd/bundle/bundle.json ]]; then
     runuser -u edge-asd -- env NUMBA_CACHE_DIR=/var/lib/edge-asd/numba-cache \
         "$prefix/venv/bin/edge-asd" bench /var/lib/edge-asd/bundle --seconds 2 --repeats 1 >/dev/null \
         || echo "install.sh: warming the numba cache failed; the service will compile its kernels at first start" >&2

@@ -122,6 +122,23 @@ class AlsaFifoDevice:
         thread.start()
         return thread
 
+    def discard_rest(self, feeder: threading.Thread, timeout: float = 30.0) -> None:
+        """Once the client has stopped reading, read and drop what ``feeder`` still writes until it
+        ends (it would otherwise block on the full pipe)."""
+        fd = os.open(self.fifo, os.O_RDONLY | os.O_NONBLOCK)
+        deadline = time.monotonic() + timeout
+        try:
+            while feeder.is_alive():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.fifo}: the feeder still writes after {timeout} s")
+                try:
+                    os.read(fd, 1 << 16)
+                except BlockingIOError:
+                    time.sleep(0.01)
+            feeder.join()
+        finally:
+            os.close(fd)
+
     def wait_drained(self, timeout: float = 60.0) -> None:
         """Wait until the client has read everything written."""
         deadline = time.monotonic() + timeout

@@ -164,6 +164,10 @@ def test_info_and_bench(tmp_path):
     bench = edge_asd("bench", bundle, "--seconds", "2", "--repeats", "1")
     assert bench.returncode == 0, bench.stderr
     assert "real-time factor" in bench.stdout and "window latency" in bench.stdout
+    # It says which kernels the front end ran: the ones scripts/setup compiled ahead of time, unless told otherwise.
+    assert "kernels ahead-of-time" in bench.stdout, bench.stdout
+    jit = edge_asd("bench", bundle, "--seconds", "2", "--repeats", "1", env={**device_env(), "EDGE_ASD_KERNELS": "jit"})
+    assert jit.returncode == 0 and "kernels numba JIT" in jit.stdout, jit.stdout + jit.stderr
 
 
 def test_systemd_unit_verifies_and_install_script_parses(tmp_path):

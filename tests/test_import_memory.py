@@ -1,11 +1,12 @@
 """The device process stays small: what ``edge-asd run`` imports, and its peak memory.
 
 A fresh interpreter builds the device path (the modules of ``edge-asd run``, the LiteRT
-interpreter class, a wav file read, the numba kernels of both feature kinds run) and reports its
-peak RSS and ``sys.modules``. Measured with ``python -m benchmarks.import_memory`` (issue 19): the
-whole ``edge-asd run`` peaked at 185 MB before its imports were trimmed and 177.5 MB after; this
-probe, without a model loaded, at 172.7 MB (x86-64, numba 0.68, scipy 1.17, numpy 2.4), with 69 MB of
-anonymous memory (see :data:`ANON_MB_MAX` for why the test bounds that).
+interpreter class, a wav file read, the front end's kernels run for both feature kinds) and reports
+its peak RSS, anonymous memory and ``sys.modules``. With the kernels compiled ahead of time
+(``edge_asd.frontend.aot``, built by ``scripts/setup``) the process never loads numba or LLVM: this
+probe peaked at 61 MB, against 171–224 MB with numba's JIT kernels (the spread is the LLVM
+library's file-backed pages, which depend on the kernel's page cache; its anonymous memory is a
+steady 69 MB). ``python -m benchmarks.import_memory`` measures the whole ``edge-asd run``.
 """
 
 from __future__ import annotations
@@ -17,25 +18,29 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_asd.audio import write_wav
+from edge_asd.frontend.aot import compiled_path
 
 REPO = Path(__file__).resolve().parents[1]
 
+PEAK_MB_MAX = 100.0
+"""Bound on the probe's peak RSS with the ahead-of-time kernels, MB: 61 MB measured, so library
+updates and the page cache do not flap it, while loading numba's LLVM (171 MB and more) fails."""
+
 ANON_MB_MAX = 80.0
-"""Bound on the probe's anonymous memory (``RssAnon``) once the device path is built, MB: 69.1 MB
-measured, so library updates do not flap it, while importing scipy.stats (98 MB), scipy.signal
-(101 MB) or TensorFlow (298 MB) fails. Anonymous memory, not the peak RSS: the RSS also counts the
-file-backed pages of the shared libraries (LLVM's alone is 170 MB on disk), and how many of those
-a process maps depends on the kernel's page cache, not on the program. The same probe peaked at
-170.7 MB in a venv installed weeks ago and at 222.3 MB in one installed minutes before, with the same
-wheels, the same modules and the same 69.1 MB of anonymous memory."""
+"""Bound on the probe's anonymous memory (``RssAnon``) with numba's JIT kernels, MB: 69.1 MB
+measured, while importing scipy.stats as well (98 MB) fails. Anonymous memory, not the peak RSS:
+on the JIT path the RSS also counts LLVM's file-backed pages (its library is 170 MB on disk), and
+how many of those a process maps depends on the kernel's page cache, not on the program (170.7 MB
+in a venv installed weeks ago, 222.3 MB in one installed minutes before, the same wheels)."""
 
 # Never on the device path: the trainer's libraries, and the scipy submodules it no longer imports
 # (scipy.fft and scipy.special: the front end uses numpy's FFT; scipy.io, scipy.sparse: wav files are
 # read by edge_asd.audio.wav and written, off the device path, by scipy.io.wavfile; scipy.signal
-# only when audio is resampled; scipy.stats only by calibration). scipy.linalg is expected: numba
-# imports it to look for BLAS when its CPU target is first set up.
+# only when audio is resampled; scipy.stats only by calibration). On the JIT path numba imports
+# scipy.linalg to look for BLAS when its CPU target is first set up.
 FORBIDDEN = ("tensorflow", "tf_keras", "keras", "sklearn", "matplotlib", "librosa", "trainer", "pyaudio",
              "scipy.fft", "scipy.special", "scipy.io", "scipy.sparse", "scipy.signal", "scipy.stats")
 
@@ -63,8 +68,8 @@ print(json.dumps({"light": light, "modules": sorted(sys.modules),
 """
 
 
-def _probe(wav: Path, numba_cache: Path, *extra_import: str) -> dict:
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(numba_cache)}
+def _probe(wav: Path, numba_cache: Path, *extra_import: str, jit: bool = False) -> dict:
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(numba_cache), "EDGE_ASD_KERNELS": "jit" if jit else "auto"}
     env.pop("NUMBA_DISABLE_JIT", None)
     # Through a small shell that forks the interpreter: Linux carries a process's peak RSS across
     # exec, so a child forked straight from pytest (TensorFlow loaded) would report pytest's peak.
@@ -74,23 +79,44 @@ def _probe(wav: Path, numba_cache: Path, *extra_import: str) -> dict:
     return json.loads(run.stdout.strip().splitlines()[-1])
 
 
-def test_device_path_imports_and_peak_memory(tmp_path):
-    wav = tmp_path / "two-channels.wav"
+def _check_device_path(result: dict, *, kernels: str) -> None:
+    modules = set(result["modules"])
+    # Reading a bundle or a config (edge-asd status, bundle checks) does not load numba or LiteRT.
+    assert result["light"] == []
+    imported = sorted(m for m in FORBIDDEN if m in modules)
+    assert imported == [], f"the device path imports {imported}"
+    # The probe did build the device path: otherwise the bounds below would prove nothing.
+    assert {"ai_edge_litert.interpreter", "edge_asd.frontend.streaming", "edge_asd.service", kernels} <= modules
+
+
+@pytest.fixture
+def wav(tmp_path) -> Path:
+    path = tmp_path / "two-channels.wav"
     t = np.arange(16000) / 16000
-    write_wav(wav, np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.1 * np.sin(2 * np.pi * 97 * t)], axis=1), 16000)
+    write_wav(path, np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.1 * np.sin(2 * np.pi * 97 * t)], axis=1), 16000)
+    return path
+
+
+def test_device_path_with_the_compiled_kernels_never_loads_numba(wav, tmp_path):
+    assert compiled_path().is_file(), (f"{compiled_path()} is absent: scripts/setup builds it "
+                                       "(python -m edge_asd.frontend.aot; needs gcc)")
+    result = _probe(wav, tmp_path / "numba-cache")
+    _check_device_path(result, kernels=compiled_path().name.split(".")[0])
+    assert not any(m.split(".")[0] in ("numba", "llvmlite") for m in result["modules"])
+    assert result["peak_mb"] < PEAK_MB_MAX, f"device path peak RSS {result['peak_mb']:.1f} MB >= {PEAK_MB_MAX} MB"
+    # The bound bites: the same path with numba's JIT kernels (LLVM loaded) is over it.
+    jit = _probe(wav, tmp_path / "numba-cache", jit=True)
+    assert jit["peak_mb"] >= PEAK_MB_MAX, f"the JIT kernels peaked at only {jit['peak_mb']:.1f} MB"
+
+
+def test_device_path_with_the_jit_kernels(wav, tmp_path):
     cache = tmp_path / "numba-cache"
-    cold = _probe(wav, cache)  # compiles the kernels into the private cache
-    warm = _probe(wav, cache)  # loads them from it, as every start but the first does
+    cold = _probe(wav, cache, jit=True)  # compiles the kernels into the private cache
+    warm = _probe(wav, cache, jit=True)  # loads them from it, as every start but the first does
     assert any(cache.rglob("*.nbi")), "the numba kernels were not cached"
     for result in (cold, warm):
-        modules = set(result["modules"])
-        # Reading a bundle or a config (edge-asd status, bundle checks) does not load numba or LiteRT.
-        assert result["light"] == []
-        imported = sorted(m for m in FORBIDDEN if m in modules)
-        assert imported == [], f"the device path imports {imported}"
-        # The probe did build the device path: otherwise the bound below would prove nothing.
-        assert {"numba", "ai_edge_litert.interpreter", "edge_asd.frontend.kernels", "edge_asd.service"} <= modules
+        _check_device_path(result, kernels="edge_asd.frontend.kernels")
     assert warm["anon_mb"] < ANON_MB_MAX, f"device path anonymous memory {warm['anon_mb']:.1f} MB >= {ANON_MB_MAX} MB"
     # The bound bites: the same path with scipy.stats imported as well is over it.
-    heavier = _probe(wav, cache, "scipy.stats")
+    heavier = _probe(wav, cache, "scipy.stats", jit=True)
     assert heavier["anon_mb"] >= ANON_MB_MAX, f"scipy.stats added only {heavier['anon_mb'] - warm['anon_mb']:.1f} MB"

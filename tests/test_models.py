@@ -16,7 +16,7 @@ from edge_asd.bundle import read_bundle  # noqa: E402
 from edge_asd.detector import Detector  # noqa: E402
 from edge_asd.errors import ParameterError  # noqa: E402
 from tests.bundle_factory import make_bundle  # noqa: E402
-from trainer.export import check_builtin_int8, convert_models, export_twin  # noqa: E402
+from trainer.export import check_builtin_int8, convert_int8, convert_models, export_twin  # noqa: E402
 from trainer.models import MODEL_KINDS, ModelConfig, build_model, default_window  # noqa: E402
 
 MAX_INT8_BYTES = 256 * 1024
@@ -64,7 +64,7 @@ def test_full_size_models_fit_the_budget(kind, tmp_path):
     twin = build_model(cfg, batch_size=1, export=True)
     rng = np.random.default_rng(0)
     twin.set_weights([w + 0.01 * rng.standard_normal(w.shape).astype(np.float32) for w in twin.get_weights()])
-    _, int8 = convert_models(twin, rng.standard_normal((16, n_frames, 88)).astype(np.float32))
+    int8 = convert_int8(twin, rng.standard_normal((16, n_frames, 88)).astype(np.float32))
     path = tmp_path / "m.tflite"
     path.write_bytes(int8)
     assert len(int8) <= MAX_INT8_BYTES, f"{kind}: {len(int8) / 1024:.0f} KB"
@@ -132,7 +132,7 @@ def test_calibration_windows_cover_rare_extremes(tmp_path):
 
     model = build_model(ModelConfig(kind="dense-ae", n_frames=5, n_features=4), batch_size=1)
     path = tmp_path / "m.tflite"
-    path.write_bytes(convert_models(model, rep)[1])
+    path.write_bytes(convert_int8(model, rep))
     q = TFLiteModel(path).input_quant
     lowest, highest = (-128 - q.zero_point) * q.scale, (127 - q.zero_point) * q.scale
     assert lowest <= -9.0 + q.scale and highest >= 7.0 - q.scale

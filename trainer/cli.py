@@ -18,6 +18,7 @@ _COMMANDS = {
     "fit": ("trainer.fit_cli", "fit", "Train a model on normal sound, export a bundle, evaluate it."),
     "evaluate": ("trainer.fit_cli", "evaluate", "Score a data set with a bundle's float and int8 models."),
     "recipes": ("trainer.fit_cli", "recipes", "List the training recipes: what each sets, where it was measured."),
+    "ensemble": ("trainer.ensemble", "ensemble", "Combine bundles into one that scores every window with all their models."),
     "demo": ("trainer.demo", "demo", "The end-to-end demo on built-in synthetic data."),
 }
 

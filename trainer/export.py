@@ -56,6 +56,9 @@ from trainer.train import TrainResult, describe
 __all__ = [
     "ExportError",
     "DISALLOWED_OP_MARKERS",
+    "convert_int8",
+    "export_threshold",
+    "window_score_scaling",
     "convert_models",
     "model_ops",
     "check_builtin_int8",
@@ -129,6 +132,13 @@ def convert_models(model: Any, representative: np.ndarray) -> tuple[bytes, bytes
     # The Keras export path can print the traced signature to stdout; keep CLI output readable.
     with contextlib.redirect_stdout(io.StringIO()):
         float_bytes = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    return _strip(float_bytes), convert_int8(model, representative)
+
+
+def convert_int8(model: Any, representative: np.ndarray) -> bytes:
+    """The full-integer (int8 in, int8 out, builtin int8 ops) TFLite flatbuffer of a batch-1 Keras
+    model, its ranges calibrated on ``representative`` windows (see :func:`convert_models`)."""
+    import tensorflow as tf
 
     def rep():
         for w in representative:
@@ -145,7 +155,7 @@ def convert_models(model: Any, representative: np.ndarray) -> tuple[bytes, bytes
             int8_bytes = conv.convert()
     except Exception as exc:  # the converter raises assorted internal error types
         raise ExportError(f"full-int8 conversion failed: {exc}") from exc
-    return _strip(float_bytes), _strip(int8_bytes)
+    return _strip(int8_bytes)
 
 
 def _op_table(path: str | os.PathLike) -> tuple[list[dict[str, Any]], dict[int, np.dtype]]:
@@ -223,7 +233,14 @@ def _normal_clips(result: TrainResult) -> tuple[list[tuple[Path, str | None]], s
 
 def _factory_score_scaling(bundle: Bundle, normal: Sequence[tuple[Path, str | None]], source_clips: str) -> tuple[ScoreScaling, str]:
     """Mean and std of the int8 model's raw window scores on ``normal`` (bundle with identity scaling)."""
-    det = Detector(dataclasses.replace(bundle, score_scaling=ScoreScaling()), model="int8")
+    return window_score_scaling(Detector(dataclasses.replace(bundle, score_scaling=ScoreScaling()), model="int8"),
+                                normal, source_clips)
+
+
+def window_score_scaling(det: Detector, normal: Sequence[tuple[Path, str | None]], source_clips: str) -> tuple[ScoreScaling, str]:
+    """Mean and std of ``det``'s window scores on ``normal`` clips ``(path, class label)``, and a
+    sentence saying so; ``source_clips`` names the clips in it and in errors."""
+    bundle = det.bundle
     scores = []
     for path, label in normal:
         samples, _ = read_wav(path, sr=bundle.features.sr)
@@ -239,7 +256,7 @@ def _factory_score_scaling(bundle: Bundle, normal: Sequence[tuple[Path, str | No
     )
 
 
-def _export_threshold(
+def export_threshold(
     bundle: Bundle, normal: Sequence[tuple[Path, str | None]], *, false_alarms_per_day: float, source_clips: str
 ) -> Threshold:
     """The threshold for ``false_alarms_per_day`` at :data:`EXPORT_PERIOD_S` periods, fitted as
@@ -416,7 +433,7 @@ def _calibrate(bundle: Bundle, normal: Sequence[tuple[Path, str | None]], source
     values, write ``bundle.json``."""
     scaling, scaling_how = _factory_score_scaling(bundle, normal, source_clips)
     bundle = dataclasses.replace(bundle, score_scaling=scaling, provenance={**dict(bundle.provenance), "score_scaling": scaling_how})
-    threshold = _export_threshold(bundle, normal, false_alarms_per_day=false_alarms_per_day, source_clips=source_clips)
+    threshold = export_threshold(bundle, normal, false_alarms_per_day=false_alarms_per_day, source_clips=source_clips)
     bundle = dataclasses.replace(
         bundle,
         threshold=threshold,

@@ -1,8 +1,10 @@
 """The shared feature front end: one implementation for the trainer and the device.
 
-The streaming front end (and with it numba, ~65 MB of a process's memory) is imported on first
-use of ``StreamingFrontend`` / ``compute_features``, not with the package: reading a bundle's
-``FeatureConfig`` (``edge-asd status``, bundle checks) does not need the kernels.
+The streaming front end and its kernels are imported on first use of ``StreamingFrontend`` /
+``compute_features``, not with the package: reading a bundle's ``FeatureConfig`` (``edge-asd
+status``, bundle checks) does not need them. The kernels are numba's, compiled ahead of time at
+installation (:mod:`edge_asd.frontend.aot`), or just in time when that module is absent (numba
+and LLVM then cost the process ~130 MB).
 """
 
 from __future__ import annotations

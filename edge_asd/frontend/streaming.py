@@ -14,7 +14,7 @@ import numpy as np
 from edge_asd.errors import ParameterError
 from edge_asd.frontend.config import FeatureConfig
 from edge_asd.frontend.filters import mel_filterbank, sinc_filterbank
-from edge_asd.frontend.kernels import banks_power, downmix_into, frame_windowed
+from edge_asd.frontend.aot import FrontendKernels, frontend_kernels
 
 __all__ = ["StreamingFrontend", "compute_features", "SparseBank", "build_bank", "analysis_window"]
 
@@ -86,6 +86,9 @@ class StreamingFrontend:
         The feature configuration.
     n_channels
         Channels per pushed block; they are averaged to mono (the mean, as seed 000 does).
+    kernels
+        The compiled kernels to run (default: :func:`~edge_asd.frontend.aot.frontend_kernels`,
+        the ahead-of-time ones when installed, else numba's JIT).
 
     Notes
     -----
@@ -94,13 +97,14 @@ class StreamingFrontend:
     and the FFT's result per chunk of up to ``CHUNK_FRAMES`` frames.
     """
 
-    def __init__(self, config: FeatureConfig, *, n_channels: int) -> None:
+    def __init__(self, config: FeatureConfig, *, n_channels: int, kernels: FrontendKernels | None = None) -> None:
         if not isinstance(n_channels, int) or n_channels < 1:
             raise ParameterError(f"n_channels must be a positive integer, got {n_channels!r}")
         self.config = config
         self.n_channels = n_channels
         self._n_fft = config.n_fft
         self._hop = config.hop_length
+        self._kernels = kernels if kernels is not None else frontend_kernels()
         self._window = analysis_window(config)
         self._bank = build_bank(config)
         n_bins = 1 + self._n_fft // 2
@@ -111,6 +115,11 @@ class StreamingFrontend:
         self._amin = float(config.amin)
         self._fill = 0
         self.reset()
+
+    @property
+    def kernels(self) -> FrontendKernels:
+        """The compiled kernels this front end runs (ahead-of-time or numba JIT)."""
+        return self._kernels
 
     @property
     def n_features(self) -> int:
@@ -166,7 +175,7 @@ class StreamingFrontend:
             if mono:
                 self._mono[self._fill : self._fill + take] = samples[pos : pos + take]
             else:
-                downmix_into(samples[pos : pos + take], self._mono, self._fill)
+                self._kernels.downmix_into(samples[pos : pos + take], self._mono, self._fill)
             self._fill += take
             pos += take
             row += self._emit(out, row)
@@ -175,7 +184,7 @@ class StreamingFrontend:
         k = self._frames_for(self._fill)
         if k == 0:
             return 0
-        frame_windowed(self._mono, k, self._hop, self._window, self._frames)
+        self._kernels.frame_windowed(self._mono, k, self._hop, self._window, self._frames)
         # numpy's pocketfft, not scipy.fft's: importing scipy.fft also imports scipy.special and
         # costs the device process ~5 MB of its peak RSS (benchmarks/import_memory.py). scipy's
         # batched transform is faster: with numpy's, the front end takes ~0.4 ms more per 10 s clip
@@ -183,7 +192,7 @@ class StreamingFrontend:
         # 4.0 ms; real-time factor +4e-5). Its output is the one temporary per chunk (no out=).
         spec = np.fft.rfft(self._frames[:k], axis=1)
         b = self._bank
-        banks_power(spec, k, b.starts, b.offsets, b.weights, self._amin, self._power, out, row)
+        self._kernels.banks_power(spec, k, b.starts, b.offsets, b.weights, self._amin, self._power, out, row)
         rows = out[row : row + k]
         np.log10(rows, out=rows)
         rows *= 10.0
