@@ -59,7 +59,7 @@ NAME = "toycar_domain"
 FOLD_ORDER = ("B1", "B2", "C2", "D2", "C1", "D1")
 """Cars with normal test clips first: a run cut short still has folds with an AUC (target)."""
 VARIANTS = ("factory", "enrolled", "enrolled-selective", "knn-factory", "knn-site")
-ENSEMBLE_VARIANTS = ("member", "ensemble")
+ENSEMBLE_VARIANTS = ("member", "ensemble", "ensemble-selective")
 """With ``--ensemble-with RECIPE``: that recipe's model alone, trained on the fold with the primary's
 frames and windows, and the ensemble of both (``asd-train ensemble``)."""
 VARIANT_TEXT = {
@@ -71,6 +71,8 @@ VARIANT_TEXT = {
     "member": "the --ensemble-with recipe alone, trained on the same clips with the same frames and windows",
     "ensemble": "factory + member in one ensemble bundle (mean of the standardised window scores, re-standardised "
                 "and thresholded on the fold's validation normal clips)",
+    "ensemble-selective": "both models enrolled --selective on the 10 site clips, then one ensemble (re-standardised and "
+                          "thresholded on the site clips)",
 }
 METRICS = (("auc_source", "AUC (source)"), ("auc_target", "AUC (target)"), ("pauc", "pAUC"), ("score", "official"),
            ("auc_target_within", "AUC (target, within)"))
@@ -146,6 +148,14 @@ def make_variant(variant: str, d: Path, meta: dict, site: Path, seed: int) -> Pa
         shutil.rmtree(d / "ensemble", ignore_errors=True)
         # The validation clips of both models (same clips, same seed): neither optimiser saw them.
         return make_ensemble([d / "factory", d / "member"], d / "ensemble", [Path(p) for p in meta["val_paths"]]).path
+    if variant == "ensemble-selective":
+        from trainer.ensemble import make_ensemble
+
+        for model, enrolled in (("factory", "enrolled-selective"), ("member", "member-selective")):
+            if not (d / enrolled / "bundle.json").exists():
+                _enroll(d / model, d / enrolled, site, selective=True)
+        shutil.rmtree(d / variant, ignore_errors=True)
+        return make_ensemble([d / "enrolled-selective", d / "member-selective"], d / variant, sorted(site.iterdir())).path
     if variant in ("enrolled", "enrolled-selective"):
         _enroll(d / "factory", d / variant, site, selective=variant == "enrolled-selective")
         return d / variant
@@ -207,6 +217,27 @@ def run_fold(clips, car: str, seed: int, recipe, *, epochs: int | None, variants
         click.echo(json.dumps({k: row[k] for k in ("car", "seed", "variant", "auc_source", "auc_target", "pauc", "score")}), err=True)
         rows.append(row)
     return rows
+
+
+def device_cost(fold_dir: Path, variants: list[str], *, seconds: float = 12.0, repeats: int = 5) -> dict[str, dict]:
+    """``edge-asd bench`` of each variant's bundle in ``fold_dir`` (one core, a mono stream of
+    ``seconds``): window latency (median ms) and real-time factor (best, median)."""
+    import re
+    import subprocess
+
+    out = {}
+    for variant in variants:
+        bundle = fold_dir / variant
+        if not (bundle / "bundle.json").exists():
+            continue
+        run = subprocess.run([sys.executable, "-m", "edge_asd", "bench", str(bundle), "--seconds", f"{seconds:g}",
+                              "--repeats", str(repeats)], capture_output=True, text=True, cwd=REPO, timeout=600)
+        if run.returncode != 0:
+            raise RuntimeError(f"edge-asd bench {bundle} failed: {run.stderr[-1000:]}")
+        latency = re.search(r"window latency\s+median ([0-9.]+) ms", run.stdout)
+        rtf = re.search(r"real-time factor\s+([0-9.]+) \(best\), ([0-9.]+) \(median\)", run.stdout)
+        out[variant] = {"window_ms": float(latency.group(1)), "rtf_best": float(rtf.group(1)), "rtf_median": float(rtf.group(2))}
+    return out
 
 
 def _fold_name(car: str, seed: int, epochs: int | None) -> str:
@@ -311,6 +342,11 @@ def markdown(rows: list[dict], pool: list[dict], meta: dict) -> str:
                             for r in rows for k, why in r["not_measurable"].items() if k in dict(METRICS))
     if reasons:
         lines += ["", "Undefined metrics (left out of the pooled means, never filled in):", "", *reasons]
+    if meta.get("device_cost"):
+        lines += ["", f"## Device cost (`edge-asd bench`, fold {meta['device_cost_fold']}, one core, 12 s mono stream, median of 5)", "",
+                  "| bundle | window latency, median ms | real-time factor (best) | real-time factor (median) |", "|---|---|---|---|"]
+        for variant, c in meta["device_cost"].items():
+            lines.append(f"| {variant} | {c['window_ms']:.3f} | {c['rtf_best']:.5f} | {c['rtf_median']:.5f} |")
     if meta.get("notes"):
         lines += ["", *meta["notes"]]
     return "\n".join(lines) + "\n"
@@ -390,6 +426,10 @@ def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, 
                 meta.setdefault("notes", []).append(f"- car {car}, seed {seed}: not run (left out of every table)")
             rows += new
             write(rows, variant_list, meta)
+    if member_recipe is not None and rows:
+        first = work / _fold_name(rows[0]["car"], rows[0]["seed"], epochs)
+        meta.update(device_cost=device_cost(first, ["factory", "member", "ensemble"]), device_cost_fold=first.name)
+        write(rows, variant_list, meta)
     click.echo(markdown(rows, pooled(rows, variant_list), meta))
 
 

@@ -667,19 +667,28 @@ def _read_member(bundle: Bundle, member: EnsembleMember) -> Bundle:
     return read
 
 
+def _frame_settings(features: FeatureConfig) -> dict[str, Any]:
+    """The settings that make a front end's frames: a log-Mel front end ignores the sinc ones."""
+    settings = features.to_dict()
+    if features.kind == "logmel":
+        settings = {k: v for k, v in settings.items() if not k.startswith("sinc_") and k != "n_sinc"}
+    return settings
+
+
 def ensemble_problems(primary: Bundle, member: Bundle) -> list[str]:
     """Why ``member`` cannot be scored together with ``primary`` (empty: it can): the windows must
-    be the same frames (features and windows equal) and both models autoencoders, the member a
-    plain bundle (no ensemble, no selective enrollment)."""
+    be the same frames (features and windows equal), both models autoencoders, the member not an
+    ensemble itself. Enrolled members score with their active (site) values, selective ones under
+    both their site and factory values, as they would alone."""
     problems = []
-    if member.features != primary.features:
-        problems.append(f"features {member.features.to_dict()} differ from {primary.features.to_dict()}")
+    ours, theirs = _frame_settings(primary.features), _frame_settings(member.features)
+    differ = [f"{k} {theirs.get(k)!r} (not {ours.get(k)!r})" for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+    if differ:
+        problems.append("its features differ: " + ", ".join(differ))
     if member.window != primary.window:
         problems.append(f"window {dataclasses.asdict(member.window)} differs from {dataclasses.asdict(primary.window)}")
     if member.ensemble is not None:
         problems.append("it is an ensemble itself")
-    if member.enrollment is not None and member.enrollment.selective:
-        problems.append("it was enrolled --selective")
     for b in (primary, member):
         if b.model.score != "reconstruction_mse":
             problems.append(f"{b.path.name}'s model scores {b.model.score!r}; ensembles combine autoencoders")

@@ -343,6 +343,9 @@ def rollback_bundle(bundle_path: str | Path) -> Bundle:
         The bundle holds no factory record (a schema 1 bundle never enrolled): nothing to roll back to.
     """
     bundle = read_bundle(bundle_path, verify_files=False)
+    if bundle.ensemble is not None:
+        raise ParameterError(f"{bundle.path}: is an ensemble; its first model's enrollment record is not the ensemble's "
+                             "(the threshold is in other units): roll back the member bundles and rebuild the ensemble")
     e = bundle.enrollment
     if e is None:
         raise BundleError(

@@ -125,16 +125,33 @@ def test_bad_ensembles_are_clear_errors(parts, ensemble, tmp_path):
     inp = InputConfig(kind="folder", path=parts["normal"][0].parent, channels=1, sample_rate_hz=16000, realtime=False)
     with pytest.raises(ParameterError, match="is an ensemble"):
         enroll_bundle(ensemble, inp, seconds=60, period_s=1.0)
+    from edge_asd.enrollment import rollback_bundle
+
+    with pytest.raises(ParameterError, match="is an ensemble"):
+        rollback_bundle(ensemble)
 
 
-def test_asd_train_ensemble_command(parts, tmp_path):
+def test_asd_train_fit_then_ensemble_commands(parts, tmp_path):
+    """The user's path: train a second recipe at the first bundle's frames and windows with
+    asd-train fit's overrides, then combine the two with asd-train ensemble."""
+    def asd_train(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "trainer", *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                              timeout=300)
+
+    primary = read_bundle(parts["primary"])
+    f, w = primary.features, primary.window
+    second = tmp_path / "second"
+    machine = tmp_path / "machine"
+    make_wavs(machine, n_normal=10, n_anomaly=0, seed=3)  # asd-train fit asks for at least 10 clips
+    # conv-ae's default windows are twice the tiny bundle's: the overrides bring them to the same frames.
+    fit = asd_train("fit", machine, "--model", "conv-ae", "--seed", 1, "--features", f.kind,
+                    "--n-fft", f.n_fft, "--hop-length", f.hop_length, "--n-mels", f.n_mels,
+                    "--n-frames", w.n_frames, "--hop-frames", w.hop_frames, "--epochs", 1, "--no-evaluate", "--out", second)
+    assert fit.returncode == 0, fit.stderr
+    assert read_bundle(second).window == w
     out = tmp_path / "cli-ensemble"
-    run = subprocess.run([sys.executable, "-m", "trainer", "ensemble", str(parts["primary"]), str(parts["second"]),
-                          "--normal", str(parts["normal"][0].parent), "--out", str(out)],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    run = asd_train("ensemble", parts["primary"], second, "--normal", parts["normal"][0].parent, "--out", out)
     assert run.returncode == 0, run.stderr
     assert f"wrote {out}: 2 models (conv-ae, conv-ae)" in run.stdout
-    bad = subprocess.run([sys.executable, "-m", "trainer", "ensemble", str(parts["primary"]), str(parts["dense"]),
-                          "--normal", str(parts["normal"][0].parent), "--out", str(tmp_path / "bad")],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    bad = asd_train("ensemble", parts["primary"], parts["dense"], "--normal", parts["normal"][0].parent, "--out", tmp_path / "bad")
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "window" in bad.stderr, bad.stderr

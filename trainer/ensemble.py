@@ -9,7 +9,9 @@ the window scores of ``normal`` clips. The threshold is fitted on the same clips
 fit`` fits a bundle's (:func:`trainer.export.export_threshold`), so it reads in the same units.
 
 Give normal clips neither model was trained on (their validation clips, or new recordings): on
-training clips both models' errors are small, so the scale and threshold come out too low.
+training clips both models' errors are small, so the scale and threshold come out too low. Bundles
+enrolled on site (``edge-asd enroll``, also ``--selective``) can be combined: each scores with its
+site values, and the site's recordings are then the normal clips to give.
 """
 
 from __future__ import annotations
@@ -98,9 +100,10 @@ def make_ensemble(
         provenance = {**dict(primary.provenance),
                       "ensemble_of": [str(b.path) for b in read],
                       "ensemble_normal_clips": len(normal_paths)}
-        # No enrollment record: the primary's factory values are not the ensemble's, so a rollback to them
-        # would restore a threshold in other units.
-        bundle = dataclasses.replace(copied, ensemble=Ensemble(members=tuple(refs)), enrollment=None, provenance=provenance)
+        # The first model keeps its enrollment record: a selective one scores under its site and factory
+        # values as it would alone. enroll and --rollback refuse ensembles (that record's threshold is
+        # in the first model's units, not the ensemble's).
+        bundle = dataclasses.replace(copied, ensemble=Ensemble(members=tuple(refs)), provenance=provenance)
         normal = [(Path(p), None) for p in normal_paths]
         log(f"scoring {len(normal)} normal clips with {len(read)} int8 models for the ensemble's score scale")
         scaling, how = window_score_scaling(Detector(bundle, model="int8"), normal, "normal")

@@ -260,6 +260,9 @@ def _common(f):
 @click.option("--n-mels", type=int, default=None, help="Override the recipe's mel bands.")
 @click.option("--n-fft", type=int, default=None, help="Override the recipe's FFT length, samples.")
 @click.option("--hop-length", type=int, default=None, help="Override the recipe's samples between frames.")
+@click.option("--n-frames", type=click.IntRange(min=1), default=None,
+              help="Override the recipe's frames per model window (e.g. to match another bundle for asd-train ensemble).")
+@click.option("--hop-frames", type=click.IntRange(min=1), default=None, help="Override the recipe's frames between windows.")
 @click.option("--epochs", type=int, default=None, help="Override the recipe's maximum epochs.")
 @click.option("--normalization", type=click.Choice(["per-feature", "global"]), default=None,
               help="Override the recipe's normalisation: standardise each band, or centre each band and use one common scale.")
@@ -277,7 +280,7 @@ def _common(f):
               help="--recipe auto: keep every candidate's bundle here (default: discarded).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle directory to write.")
 def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, holdout_group, site_clips, recipe, model, objective, feature_kind, n_mels, n_fft, hop_length,
-        epochs, normalization, false_alarms_per_day, backend, run_evaluation, cache_dir, candidate_list, candidates_dir, out) -> None:
+        n_frames, hop_frames, epochs, normalization, false_alarms_per_day, backend, run_evaluation, cache_dir, candidate_list, candidates_dir, out) -> None:
     """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it.
 
     A folder holding only normal/ trains as it is (the normal-only protocol); with an abnormal/
@@ -285,7 +288,7 @@ def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, holdout_grou
     """
     quiet_tensorflow_logs()
     overrides = {"model": model, "features": feature_kind, "n_mels": n_mels, "n_fft": n_fft, "hop_length": hop_length,
-                 "epochs": epochs, "normalization": normalization}
+                 "n_frames": n_frames, "hop_frames": hop_frames, "epochs": epochs, "normalization": normalization}
     if recipe != AUTO:
         get_recipe(recipe).with_overrides(**overrides)  # a bad recipe or frame setting fails before any data is read
     candidates = tuple(name.strip() for name in candidate_list.split(",") if name.strip())
