@@ -81,14 +81,18 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
                   "heavy": sorted(p for p in _heavy if p in sys.modules)}))
 """
 
-# The device path, cumulative, as edge-asd run builds it (edge_asd.service.run_service).
-_DEVICE_PATH = """
-import json, resource, sys
+# Records [name, peak MB, RSS MB] after each step of a cumulative probe.
+_STAGES = """
+import json, os, resource, sys
 stages = []
 def stage(name):
     with open("/proc/self/status") as f:
         rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
     stages.append([name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss / 1024])
+"""
+
+# The device path, cumulative, as edge-asd run builds it (edge_asd.service.run_service).
+_DEVICE_PATH = _STAGES + """
 stage("Python")
 import numpy as np
 stage("+ numpy")
@@ -109,18 +113,14 @@ print(json.dumps(stages))
 # (numba.core internals, used here only to split the figure). BLOCK_LINALG=1 makes
 # `import scipy.linalg` fail, as if scipy were absent, to measure numba's BLAS probe.
 _NUMBA_STAGES = """
-import json, os, resource, sys
+import os, sys
 if os.environ.get("BLOCK_LINALG") == "1":
     class _Block:
         def find_spec(self, name, path=None, target=None):
             if name == "scipy.linalg":
                 raise ImportError("blocked by benchmarks.import_memory")
     sys.meta_path.insert(0, _Block())
-stages = []
-def stage(name):
-    with open("/proc/self/status") as f:
-        rss = next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-    stages.append([name, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, rss / 1024])
+""" + _STAGES + """
 stage("Python")
 import numpy
 stage("+ numpy")
