@@ -22,7 +22,9 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert "| **int8 − float** |" in run.stdout and "streaming 16 new clips" in run.stdout
     bundle = json.loads((out / "bundle" / "bundle.json").read_text())
     evaluation = bundle["metrics"]["evaluation"]
-    assert abs(evaluation["auc_int8_minus_float"]) <= 0.01
+    # The quick demo's test set is 10 normal x 10 anomalous clips: one of its 100 pairs ranked the other
+    # way round by int8 is exactly 0.01 of AUC, which float rounding can put a hair above 0.01.
+    assert abs(evaluation["auc_int8_minus_float"]) <= 0.01 + 1e-9
     assert (out / "bundle" / "model_int8.tflite").stat().st_size <= 256 * 1024
     # the events the service printed are the ones it stored
     printed = [line.split()[1] for line in run.stdout.splitlines() if line.strip().startswith("event ")]
