@@ -70,8 +70,10 @@ def _cpu_flags() -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=1)
 def fingerprint() -> str:
-    """12 hex digits identifying what a compiled module must have been built from."""
+    """12 hex digits identifying what a compiled module must have been built from (computed once
+    per process: the path, the loader and the build all ask for it)."""
     h = hashlib.sha256(KERNELS_SOURCE.read_bytes())
     for part in (
         importlib.metadata.version("numba"),
