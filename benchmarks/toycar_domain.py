@@ -29,6 +29,7 @@ folds (and seeds) that define the metric.
     python -m benchmarks.toycar_domain [--folds B1,B2,C2,D2,C1,D1] [--seeds 0] [--epochs 12]
                                        [--variants factory,enrolled,knn-factory,knn-site]
                                        [--work benchmarks/work/toycar_domain] [--resume] [--cached-only]
+                                       [--recipe mfn-arcface] [--shared-test] [--ensemble-with RECIPE]
 
 Every fold's bundles and scores are kept under ``--work``; ``--resume`` re-uses what is there
 (trained bundles and per-clip scores) instead of training again. Writes
@@ -121,11 +122,16 @@ def train_fold(split, recipe, *, seed: int, epochs: int | None, d: Path, resume:
     if resume and meta_path.exists() and (d / out / "bundle.json").exists():
         click.echo(f"{split.name}: re-using {d / out}", err=True)
         return json.loads(meta_path.read_text())
+    from trainer.datasets import attribute_group
+
     click.echo(f"=== {split.name}: training {recipe.name} on {len(split.train)} clips", err=True)
     t0 = time.perf_counter()
+    # A classifier recipe learns the training cars' attribute groups (car x speed x mic), as asd-train fit does.
+    labels = [attribute_group(c) for c in split.train] if recipe.needs_classes else None
     result = train([c.path for c in split.train], recipe.feature_config(), recipe.train_config(seed=seed, epochs=epochs),
-                   log=lambda s: click.echo(s, err=True), progress=False)
-    export_bundle(result, d / out, provenance={"data_root": str(DATA), "protocol": split.protocol, "split": split.name})
+                   labels=labels, log=lambda s: click.echo(s, err=True), progress=False)
+    export_bundle(result, d / out, provenance={"data_root": str(DATA), "protocol": split.protocol, "split": split.name},
+                  backend=recipe.backend)
     meta = {"split": split.name, "description": split.description, "recipe": recipe.name, "seed": seed,
             "train_paths": [str(p) for p in result.train_paths], "val_paths": [str(p) for p in result.val_paths],
             "site": [str(c.path) for c in split.site], "train_time_s": result.train_time_s,
@@ -240,6 +246,29 @@ def device_cost(fold_dir: Path, variants: list[str], *, seconds: float = 12.0, r
     return out
 
 
+def shared_test(recipe, seed: int, *, epochs: int | None, work: Path, resume: bool) -> dict:
+    """The recipe trained as ``asd-train fit`` trains it on the whole shared training set (DCASE
+    protocol: 330 source clips and the 10 target-domain ones, which fill a back end's site slot) and
+    scored on the shared source test (50 + 50 clips): int8 and float AUC and pAUC."""
+    from trainer.fit_cli import fit_bundle
+
+    d = work / f"shared_seed{seed}_epochs-{'recipe' if epochs is None else epochs}"
+    meta_path = d / "shared.json"
+    if resume and meta_path.exists():
+        click.echo(f"shared test, seed {seed}: re-using {d}", err=True)
+        return json.loads(meta_path.read_text())
+    shutil.rmtree(d, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = fit_bundle(DATA, d / "bundle", recipe=recipe, seed=seed, epochs=epochs, protocol="dcase",
+                     log=lambda s: click.echo(s, err=True))
+    ev = res["evaluation"]
+    row = {"seed": seed, **{k: ev[k] for k in ("auc_int8", "auc_float", "pauc_int8", "pauc_float", "auc_int8_minus_float")},
+           "int8_kb": (d / "bundle" / "model_int8.tflite").stat().st_size / 1024, "train_time_s": res["train_result"].train_time_s,
+           "epochs_run": len(res["train_result"].history), "total_s": time.perf_counter() - t0}
+    _json(meta_path, row)
+    return row
+
+
 def _fold_name(car: str, seed: int, epochs: int | None) -> str:
     # The epochs are in the name: --resume must never mix folds trained for different lengths.
     return f"car-{car}_seed{seed}_epochs-{'recipe' if epochs is None else epochs}"
@@ -347,6 +376,19 @@ def markdown(rows: list[dict], pool: list[dict], meta: dict) -> str:
                   "| bundle | window latency, median ms | real-time factor (best) | real-time factor (median) |", "|---|---|---|---|"]
         for variant, c in meta["device_cost"].items():
             lines.append(f"| {variant} | {c['window_ms']:.3f} | {c['rtf_best']:.5f} | {c['rtf_median']:.5f} |")
+    shared = meta.get("shared_test") or []
+    if shared:
+        lines += ["", f"## The shared source test (`--shared-test`): {meta['recipe']} trained on all of ToyCar/train, "
+                  "scored on ToyCar/test (50 normal + 50 anomalous source-domain clips)", "",
+                  "| seed | AUC (int8) | AUC (float) | pAUC (int8) | int8 − float AUC | int8 KB | train s | epochs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in shared:
+            lines.append(f"| {r['seed']} | {r['auc_int8']:.4f} | {r['auc_float']:.4f} | {r['pauc_int8']:.4f} | "
+                         f"{r['auc_int8_minus_float']:+.4f} | {r['int8_kb']:.1f} | {r['train_time_s']:.0f} | {r['epochs_run']} |")
+        if len(shared) > 1:
+            cells = [f"{statistics.fmean(r[k] for r in shared):.4f} ± {statistics.stdev(r[k] for r in shared):.4f}"
+                     for k in ("auc_int8", "auc_float", "pauc_int8")]
+            lines.append(f"| mean ± sd | {' | '.join(cells)} | | | | |")
     if meta.get("notes"):
         lines += ["", *meta["notes"]]
     return "\n".join(lines) + "\n"
@@ -377,11 +419,16 @@ def _list(text: str, name: str) -> list[str]:
 @click.option("--resume", is_flag=True, help="Re-use trained folds and scores found under --work.")
 @click.option("--cached-only", is_flag=True, help="Only the folds --work already holds (implies --resume): train nothing, "
               "score the variants not yet scored from their cached bundles.")
+@click.option("--recipe", "recipe_name", default=None, metavar="RECIPE",
+              help="The recipe each fold trains (default: asd-train fit's default). Another recipe works under "
+              "--work/RECIPE and writes toycar_domain_RECIPE.*.")
+@click.option("--shared-test", "shared_test_flag", is_flag=True, help="Also train the recipe on all of ToyCar/train per seed and score the "
+              "shared source test (as asd-train fit does).")
 @click.option("--ensemble-with", "ensemble_with", default=None, metavar="RECIPE",
               help="Also train this recipe per fold, with the primary's frames and windows, and score it alone (variant "
               "member) and in an ensemble with the factory model (variant ensemble). Writes toycar_domain_ensemble.*.")
 def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, resume: bool, cached_only: bool,
-         ensemble_with: str | None) -> None:
+         recipe_name: str | None, shared_test_flag: bool, ensemble_with: str | None) -> None:
     if not DATA.is_dir():
         click.echo(f"skipped: {DATA} is absent (see ../shared/data/README.md)")
         return
@@ -405,7 +452,13 @@ def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, 
     bad = sorted(set(fold_list) - set(available))
     if bad:
         raise click.BadParameter(f"cars {bad} cannot be held out; choose from {', '.join(available)}", param_hint="--folds")
-    recipe = get_recipe(DEFAULT_RECIPE)
+    recipe = get_recipe(recipe_name or DEFAULT_RECIPE)
+    if recipe.backend != "none" and {"knn-factory", "knn-site"} & set(variant_list):
+        raise click.BadParameter(f"recipe {recipe.name} exports with a {recipe.backend} back end already: its variants are "
+                                 "factory and enrolled (which fills the site slot)", param_hint="--variants")
+    if recipe.name != DEFAULT_RECIPE:
+        # Folds are cached by car, seed and epochs: another recipe's must never be re-used as the default's.
+        work = work / recipe.name
     # The member sees the primary's frames and windows: an ensemble scores the same windows with both.
     member_recipe = None if ensemble_with is None else get_recipe(ensemble_with).with_overrides(
         n_fft=recipe.n_fft, hop_length=recipe.hop_length, n_mels=recipe.n_mels, features=recipe.features,
@@ -414,6 +467,8 @@ def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, 
     meta = {"command": f"python -m benchmarks.{NAME}" + (f" {argv}" if argv else ""), "recipe": recipe.name,
             "epochs": epochs or recipe.epochs, "seeds": seed_list, "folds": fold_list, "site_clips": DEFAULT_SITE_CLIPS,
             "data": str(DATA), "period_s": PERIOD_S}
+    if recipe.name != DEFAULT_RECIPE:
+        meta.update(results_name=f"{NAME}_{recipe.name}")
     if member_recipe is not None:
         meta.update(results_name=f"{NAME}_ensemble", member_recipe=member_recipe.name,
                     member_settings={k: v for k, v in member_recipe.settings().items() if v is not None})
@@ -425,6 +480,11 @@ def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, 
             if not new:
                 meta.setdefault("notes", []).append(f"- car {car}, seed {seed}: not run (left out of every table)")
             rows += new
+            write(rows, variant_list, meta)
+    if shared_test_flag:
+        meta["shared_test"] = []
+        for seed in seed_list:
+            meta["shared_test"].append(shared_test(recipe, seed, epochs=epochs, work=work, resume=resume or cached_only))
             write(rows, variant_list, meta)
     if member_recipe is not None and rows:
         first = work / _fold_name(rows[0]["car"], rows[0]["seed"], epochs)

@@ -2,7 +2,9 @@
 
 A back end replaces an autoencoder's window score (the mean squared reconstruction error) by a
 score computed on the window's *error vector*: the squared reconstruction error of each feature
-(mel / sinc band), averaged over the window's frames (:func:`band_errors`). The back ends are
+(mel / sinc band), averaged over the window's frames (:func:`band_errors`); and it is the *only*
+score of an embedding model (``mobilefacenet``), whose window vector is its unit-length embedding
+(representation ``embedding``). The back ends are
 fitted on the desktop with scikit-learn (``trainer.backends``), stored in the bundle as plain
 arrays (``.npz``, loaded with ``allow_pickle=False``) and scored here, on the device, without
 scikit-learn or TensorFlow. Every score is *higher = more anomalous*, as the detector's:
@@ -52,6 +54,7 @@ from edge_asd.errors import BundleError
 __all__ = [
     "BACKEND_KINDS",
     "REPRESENTATIONS",
+    "ERROR_REPRESENTATIONS",
     "LOG_FLOOR",
     "SITE_BANK_SIZE",
     "Backend",
@@ -69,10 +72,13 @@ __all__ = [
 ]
 
 BACKEND_KINDS = ("knn", "mahalanobis", "selective-mahalanobis", "gmm", "ocsvm")
-REPRESENTATIONS = ("band_mse", "log_band_mse")
+REPRESENTATIONS = ("band_mse", "log_band_mse", "embedding")
 """``band_mse``: squared reconstruction error per feature, averaged over the window's frames
 (normalised feature units squared); ``log_band_mse``: its natural logarithm after adding
-:data:`LOG_FLOOR`."""
+:data:`LOG_FLOOR`; ``embedding``: an embedding model's output (``mobilefacenet``), scaled to unit
+length (the ArcFace head trained its directions, not its lengths)."""
+ERROR_REPRESENTATIONS = ("band_mse", "log_band_mse")
+"""The representations of an autoencoder's error vector; ``embedding`` is an embedding model's."""
 LOG_FLOOR = 1e-4
 """Added before the logarithm (normalised units squared): an int8 reconstruction can hit a band
 exactly, and log(0) is no score. Normal band errors are around 1e-2 to 1."""
@@ -105,12 +111,17 @@ def band_errors(window: np.ndarray, output: np.ndarray) -> np.ndarray:
     return d.sum(axis=0, dtype=np.float64) / window.shape[0]
 
 
-def represent(errors: np.ndarray, representation: str) -> np.ndarray:
-    """The back end's input from error vectors (:func:`band_errors`, any leading shape)."""
+def represent(vectors: np.ndarray, representation: str) -> np.ndarray:
+    """The back end's input from error vectors (:func:`band_errors`) or embeddings (the model's
+    output), one per row of the last axis (any leading shape)."""
     if representation == "band_mse":
-        return errors
+        return vectors
     if representation == "log_band_mse":
-        return np.log(errors + LOG_FLOOR)
+        return np.log(vectors + LOG_FLOOR)
+    if representation == "embedding":
+        v = np.asarray(vectors, dtype=np.float64)
+        # An all-zero embedding (int8 can give one) stays zero rather than dividing by zero.
+        return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
     raise BundleError(f"unknown representation {representation!r}; expected one of {REPRESENTATIONS}")
 
 

@@ -97,12 +97,14 @@ ENSEMBLE_COMBINES = ("mean",)
 """How an ensemble combines its models' standardised window scores."""
 BUNDLE_JSON = "bundle.json"
 MODEL_FILES = {"int8": "model_int8.tflite", "float": "model_float.tflite"}
-SCORE_KINDS = ("reconstruction_mse", "neg_log_prob", "anomaly_prob")
+SCORE_KINDS = ("reconstruction_mse", "neg_log_prob", "anomaly_prob", "embedding")
 """How a window's model output becomes an anomaly score (higher = more anomalous):
 
 - ``reconstruction_mse``: mean squared error between the normalised input window and the output;
 - ``neg_log_prob``: ``−log softmax(logits)[class_index]`` for the device's own machine class;
-- ``anomaly_prob``: ``softmax(logits)[1]``, probability of the anomaly class (supervised models).
+- ``anomaly_prob``: ``softmax(logits)[1]``, probability of the anomaly class (supervised models);
+- ``embedding``: the model gives an embedding; the bundle's scoring back end (required) scores it
+  (:mod:`edge_asd.backends`, representation ``embedding``).
 """
 
 
@@ -189,7 +191,7 @@ class ModelInfo:
     """What the network is, what it eats and how its output becomes a score."""
 
     kind: str
-    """``dense-ae``, ``conv-ae``, ``lstm-ae`` or ``cnn-lstm``."""
+    """``dense-ae``, ``conv-ae``, ``lstm-ae``, ``cnn-lstm`` or ``mobilefacenet``."""
     objective: Literal["reconstruction", "id", "supervised"]
     score: str
     """One of :data:`SCORE_KINDS`."""
@@ -197,7 +199,8 @@ class ModelInfo:
     """Model input shape including the batch dimension (always 1)."""
     output_shape: tuple[int, ...]
     classes: tuple[str, ...] = ()
-    """Class labels of the output logits (``id`` and ``supervised`` objectives)."""
+    """Class labels of the output logits (``id`` and ``supervised`` objectives); for ``embedding``
+    models, the classes the embedding was trained to tell apart."""
     quantization: Mapping[str, QuantParams] = field(default_factory=dict)
     """``{"input": ..., "output": ...}`` of the int8 model, as read from the converted model."""
     sha256: Mapping[str, str] = field(default_factory=dict)
@@ -563,23 +566,37 @@ def _parse(data: Any, path: Path) -> Bundle:
         metrics=data.get("metrics", {}),
         schema_version=version,
     )
+    if parsed.model.score == "embedding" and parsed.backend is None:
+        raise BundleError(
+            f"{where}: the model gives embeddings (score 'embedding') but the bundle has no scoring back end to score "
+            "them; re-export it with --backend (knn, mahalanobis, ...)"
+        )
     for name, ref in parsed.backend_refs():
         _check_backend_ref(ref, name, parsed, where)
     return parsed
 
 
 def _check_backend_ref(ref: BackendRef, name: str, bundle: Bundle, where: Path) -> None:
-    """A back end needs a reconstruction model and vectors of the model's size (no file access)."""
+    """A back end needs a reconstruction or embedding model, the representation of that model's
+    vectors and their size (no file access)."""
     label = "backend" if name == "active" else f"enrollment.{name}.backend"
-    if bundle.model.score != "reconstruction_mse":
+    score = bundle.model.score
+    if score not in ("reconstruction_mse", "embedding"):
         raise BundleError(
-            f"{where}: {label} scores reconstruction error vectors but the model's score is "
-            f"{bundle.model.score!r}; re-export the bundle without --backend"
+            f"{where}: {label} scores reconstruction error vectors or embeddings but the model's score is "
+            f"{score!r}; re-export the bundle without --backend"
         )
-    if ref.dim != bundle.features.n_features:
+    if (ref.representation == "embedding") != (score == "embedding"):
         raise BundleError(
-            f"{where}: {label} works on {ref.dim}-dimensional vectors but the model gives {bundle.features.n_features} "
-            "per window (one per feature); the bundle is inconsistent, re-export it"
+            f"{where}: {label} scores {ref.representation!r} vectors, which a model with score {score!r} does not give; "
+            "the bundle is inconsistent, re-export it"
+        )
+    dim, what = ((int(bundle.model.output_shape[-1]), "embedding values") if score == "embedding"
+                 else (bundle.features.n_features, "error values (one per feature)"))
+    if ref.dim != dim:
+        raise BundleError(
+            f"{where}: {label} works on {ref.dim}-dimensional vectors but the model gives {dim} {what} per window; "
+            "the bundle is inconsistent, re-export it"
         )
 
 
@@ -690,8 +707,8 @@ def ensemble_problems(primary: Bundle, member: Bundle) -> list[str]:
     if member.ensemble is not None:
         problems.append("it is an ensemble itself")
     for b in (primary, member):
-        if b.model.score != "reconstruction_mse":
-            problems.append(f"{b.path.name}'s model scores {b.model.score!r}; ensembles combine autoencoders")
+        if b.model.score not in ("reconstruction_mse", "embedding"):
+            problems.append(f"{b.path.name}'s model scores {b.model.score!r}; ensembles combine autoencoders and embedding models")
     return problems
 
 

@@ -334,7 +334,8 @@ def info(bundle, no_model) -> None:
     if b.backend is not None:
         r = b.backend
         chosen = {k: v for k, v in r.fitted_on.items() if k in ("k", "shrinkage", "n_components", "nu", "gamma", "clips", "site_windows")}
-        click.echo(f"backend    {r.kind} over the {r.representation} error vector ({r.dim} dims): {r.summary}")
+        what = "unit embedding" if r.representation == "embedding" else f"{r.representation} error vector"
+        click.echo(f"backend    {r.kind} over the {what} ({r.dim} dims): {r.summary}")
         click.echo(f"           file {r.file}, sha256 {r.sha256[:16]}" + (f"; fitted with {json.dumps(chosen, default=str)}" if chosen else ""))
     else:
         click.echo("backend    none (raw window score = the model's own score)")

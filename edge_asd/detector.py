@@ -9,6 +9,8 @@ score through this class, so a clip gets the same score on the desk and on the d
 With a scoring back end in the bundle (:mod:`edge_asd.backends`), the raw window score of an
 autoencoder is the back end's score of the window's error vector instead of its mean squared error;
 score scaling, threshold, calibration and enrollment then work on that score as they do on the MSE.
+An embedding model (``mobilefacenet``) has no score of its own: the back end scores its unit-length
+embedding.
 
 An ensemble bundle (schema 4) holds further models: every window is scored by each (its own
 normalisation, model, score scaling), the standardised scores are averaged and the average is
@@ -40,6 +42,10 @@ def window_view(frames: np.ndarray, *, n_frames: int, hop_frames: int) -> np.nda
         return np.empty((0, n_frames, frames.shape[1]), dtype=frames.dtype)
     view = np.lib.stride_tricks.sliding_window_view(frames, n_frames, axis=0)[::hop_frames]
     return view.transpose(0, 2, 1)
+
+
+_VECTOR_SCORES = ("reconstruction_mse", "embedding")
+"""Score kinds whose windows give a vector a back end can score (error vector, embedding)."""
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -102,9 +108,10 @@ class Detector:
         if self._score_kind == "anomaly_prob":
             self._class_index = self._resolve_class("anomaly")
         self.backend = bundle.load_backend() if isinstance(backend, str) and backend == "bundle" else backend
-        if self.backend is not None and self._score_kind != "reconstruction_mse":
-            raise ParameterError(f"a scoring back end needs a reconstruction model, this bundle's score is {self._score_kind!r}")
-        self.representation = bundle.backend.representation if bundle.backend is not None else "band_mse"
+        if self.backend is not None and self._score_kind not in _VECTOR_SCORES:
+            raise ParameterError(f"a scoring back end needs a reconstruction or embedding model, this bundle's score is {self._score_kind!r}")
+        self.representation = (bundle.backend.representation if bundle.backend is not None
+                               else "embedding" if self._score_kind == "embedding" else "band_mse")
         """What the back end scores (:data:`edge_asd.backends.REPRESENTATIONS`)."""
         if isinstance(selective_with, str) and selective_with == "bundle":
             e = bundle.enrollment
@@ -199,6 +206,10 @@ class Detector:
     def raw_score_window(self, window: np.ndarray, *, class_index: int | None = None) -> float:
         """The model's own score of one normalised window, before score scaling."""
         y = self.model(window)
+        if self._score_kind == "embedding":
+            if self.backend is None:
+                raise ParameterError("an embedding model scores through a back end, and this detector has none")
+            return self.backend.score_one(represent(y.reshape(-1), "embedding"))
         if self.backend is not None:
             return self.backend.score_one(represent(band_errors(window, y), self.representation))
         if self._score_kind == "reconstruction_mse":
@@ -217,16 +228,23 @@ class Detector:
 
     def window_vectors(self, frames: np.ndarray, *, representation: str | None = None) -> np.ndarray:
         """The representation a back end scores, one row per window of raw (un-normalised) feature
-        frames: ``(n_windows, n_features)`` float64 (:func:`edge_asd.backends.band_errors`).
+        frames: ``(n_windows, n_features)`` error vectors (:func:`edge_asd.backends.band_errors`) of an
+        autoencoder, ``(n_windows, embedding size)`` unit embeddings of an embedding model; float64.
 
-        ``representation`` defaults to the back end's (``band_mse`` without one).
+        ``representation`` defaults to the back end's (``band_mse`` / ``embedding`` without one).
         """
-        if self._score_kind != "reconstruction_mse":
-            raise ParameterError(f"error vectors need a reconstruction model, this bundle's score is {self._score_kind!r}")
+        if self._score_kind not in _VECTOR_SCORES:
+            raise ParameterError(f"window vectors need a reconstruction or embedding model, this bundle's score is {self._score_kind!r}")
+        representation = representation or self.representation
+        if (representation == "embedding") != (self._score_kind == "embedding"):
+            raise ParameterError(f"a model with score {self._score_kind!r} gives no {representation!r} vectors")
         w = self.bundle.window
         windows = window_view(self.normalize(frames), n_frames=w.n_frames, hop_frames=w.hop_frames)
+        if self._score_kind == "embedding":
+            dim = int(self.bundle.model.output_shape[-1])
+            return represent(np.array([self.model(win) for win in windows], dtype=np.float64).reshape(-1, dim), "embedding")
         errors = np.array([band_errors(win, self.model(win)) for win in windows], dtype=np.float64).reshape(-1, self.config.n_features)
-        return represent(errors, representation or self.representation)
+        return represent(errors, representation)
 
     def score_windows(self, frames: np.ndarray, *, class_label: str | None = None) -> np.ndarray:
         """Window scores (standardised) of raw (un-normalised) feature frames ``(n_frames, n_features)``.

@@ -74,8 +74,8 @@ def make_bundle(
     out_dir
         Working folder (wavs, feature cache and the bundle go below it).
     kind
-        Model kind; ``cnn-lstm`` uses the ``id`` objective with two synthetic classes unless
-        ``labels`` are given.
+        Model kind; the classifiers (``cnn-lstm``, ``mobilefacenet``) use the ``id`` objective with
+        two synthetic classes unless ``labels`` are given; ``mobilefacenet`` exports with a k-NN back end.
     features
         Front-end configuration (default :data:`TINY_FEATURES`).
     train_wavs
@@ -89,7 +89,7 @@ def make_bundle(
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from trainer.export import export_bundle
-    from trainer.models import default_window
+    from trainer.models import CLASSIFIER_KINDS, EMBEDDING_KINDS, default_window
     from trainer.train import TrainConfig, train
 
     out_dir = Path(out_dir)
@@ -97,7 +97,7 @@ def make_bundle(
     if train_wavs is None:
         train_wavs = make_wavs(out_dir / "wavs", seed=seed)["normal"]
     n_frames, hop = default_window(kind)
-    if kind == "cnn-lstm" and labels is None:
+    if kind in CLASSIFIER_KINDS and labels is None:
         labels = [f"machine/id_{i % 2:02d}" for i in range(len(train_wavs))]
     config = TrainConfig(
         model=kind,
@@ -110,7 +110,9 @@ def make_bundle(
         width=8,
     )
     result = train(train_wavs, features, config, labels=labels, cache_dir=out_dir / "cache", log=lambda s: None, progress=False)
-    bundle = export_bundle(result, out_dir / "bundle", provenance={"data_root": str(out_dir / "wavs"), "protocol": "test"})
+    # An embedding model is scored by a back end: k-NN, the recipe's.
+    bundle = export_bundle(result, out_dir / "bundle", provenance={"data_root": str(out_dir / "wavs"), "protocol": "test"},
+                           backend="knn" if kind in EMBEDDING_KINDS else "none")
     return bundle.path
 
 

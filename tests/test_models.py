@@ -17,7 +17,7 @@ from edge_asd.detector import Detector  # noqa: E402
 from edge_asd.errors import ParameterError  # noqa: E402
 from tests.bundle_factory import make_bundle  # noqa: E402
 from trainer.export import check_builtin_int8, convert_int8, convert_models, export_twin  # noqa: E402
-from trainer.models import MODEL_KINDS, ModelConfig, build_model, default_window  # noqa: E402
+from trainer.models import CLASSIFIER_KINDS, MODEL_KINDS, ModelConfig, build_model, default_window  # noqa: E402
 
 MAX_INT8_BYTES = 256 * 1024
 
@@ -59,7 +59,7 @@ def test_full_size_models_fit_the_budget(kind, tmp_path):
     n_frames, _ = default_window(kind)
     cfg = ModelConfig(
         kind=kind, n_frames=n_frames, n_features=88,
-        objective="id" if kind == "cnn-lstm" else "reconstruction", n_classes=26 if kind == "cnn-lstm" else 0,
+        objective="id" if kind in CLASSIFIER_KINDS else "reconstruction", n_classes=26 if kind in CLASSIFIER_KINDS else 0,
     )
     twin = build_model(cfg, batch_size=1, export=True)
     rng = np.random.default_rng(0)
@@ -81,8 +81,8 @@ def test_export_twin_matches_trained_model(kind, tmp_path):
     fused LSTM op."""
     from edge_asd.runtime import TFLiteModel
 
-    cfg = ModelConfig(kind=kind, n_frames=8, n_features=24, objective="id" if kind == "cnn-lstm" else "reconstruction",
-                      n_classes=3 if kind == "cnn-lstm" else 0, width=8)
+    cfg = ModelConfig(kind=kind, n_frames=8, n_features=24, objective="id" if kind in CLASSIFIER_KINDS else "reconstruction",
+                      n_classes=3 if kind in CLASSIFIER_KINDS else 0, width=8)
     trained = build_model(cfg)
     rng = np.random.default_rng(1)
     trained.set_weights([w + 0.1 * rng.standard_normal(w.shape).astype(np.float32) for w in trained.get_weights()])

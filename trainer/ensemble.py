@@ -52,7 +52,7 @@ def make_ensemble(
     Parameters
     ----------
     bundles
-        Two or more autoencoder bundles with the same features and windows.
+        Two or more autoencoder or embedding-model bundles with the same features and windows.
     out
         The new bundle directory; it must not exist yet.
     normal_paths

@@ -60,7 +60,11 @@ def keras_window_scores(model: Any, windows: np.ndarray, bundle: Bundle, class_i
     y = np.asarray(model.predict(windows, batch_size=256, verbose=0), dtype=np.float64)
     if isinstance(backend, str):
         backend = bundle.load_backend()
-    if backend is not None:
+    if bundle.model.score == "embedding":
+        if backend is None:
+            raise ParameterError("an embedding model scores through a back end, and this bundle has none")
+        raw = backend.score(represent(y, "embedding"))
+    elif backend is not None:
         d = y.reshape(windows.shape) - windows
         raw = backend.score(represent((d * d).mean(axis=1), bundle.backend.representation))
     elif bundle.model.score == "reconstruction_mse":

@@ -412,10 +412,13 @@ def export_bundle(
     normal, source_clips = _normal_clips(result)
     if not normal:
         raise ExportError("no normal clips to set the score scale and threshold from")
+    if backend == "none" and result.score_kind == "embedding":
+        raise ParameterError(f"a {result.model_config.kind} gives embeddings, which only a scoring back end scores: "
+                             "choose --backend (knn, mahalanobis, selective-mahalanobis, gmm, ocsvm)")
     if backend != "none":
-        if result.score_kind != "reconstruction_mse":
-            raise ParameterError(f"--backend {backend} scores reconstruction error vectors; a {result.model_config.kind} "
-                                 f"({result.score_kind}) model has none: use an autoencoder recipe or --backend none")
+        if result.score_kind not in ("reconstruction_mse", "embedding"):
+            raise ParameterError(f"--backend {backend} scores reconstruction error vectors or embeddings; a {result.model_config.kind} "
+                                 f"({result.score_kind}) model gives neither: use an autoencoder recipe or --backend none")
         target = {Path(p) for p in target_paths}
         bundle = _fit_and_attach(
             bundle, backend, train_paths=[p for p in result.train_paths if Path(p) not in target],
@@ -454,17 +457,34 @@ def attach_backend(bundle: Bundle, fitted: Any, *, representation: str, fitted_o
     return dataclasses.replace(bundle, backend=ref)
 
 
+def _representation_for(bundle: Bundle, representation: str | None) -> str:
+    """The back end's representation: ``embedding`` for an embedding model, else the one asked for
+    (default :data:`trainer.backends.DEFAULT_REPRESENTATION`), checked against the model."""
+    from edge_asd.backends import ERROR_REPRESENTATIONS
+    from trainer.backends import DEFAULT_REPRESENTATION
+
+    if bundle.model.score == "embedding":
+        if representation not in (None, "embedding"):
+            raise ParameterError(f"a {bundle.model.kind} gives embeddings: its back end scores representation 'embedding', "
+                                 f"not {representation!r}")
+        return "embedding"
+    representation = representation or DEFAULT_REPRESENTATION
+    if representation not in ERROR_REPRESENTATIONS:
+        raise ParameterError(f"an autoencoder's back end scores one of {ERROR_REPRESENTATIONS}, not {representation!r}")
+    return representation
+
+
 def _fit_and_attach(
     bundle: Bundle, kind: str, *, train_paths: Sequence[Path], val_paths: Sequence[Path], target_paths: Sequence[Path],
     seed: int, params: Mapping[str, Any] | None, representation: str | None, cache_dir: Path | None, log,
 ) -> Bundle:
-    from trainer.backends import DEFAULT_REPRESENTATION, clip_vectors, describe_fit, fit_backend, has_site_slot
+    from trainer.backends import clip_vectors, describe_fit, fit_backend, has_site_slot
 
-    representation = representation or DEFAULT_REPRESENTATION
+    representation = _representation_for(bundle, representation)
     if not train_paths:
         raise ExportError(f"no training clips to fit the {kind} back end on")
     det = Detector(dataclasses.replace(bundle, backend=None), model="int8", backend=None)
-    log(f"back end {kind}: error vectors ({representation}) of {len(train_paths)} training, {len(val_paths)} validation "
+    log(f"back end {kind}: {'embeddings' if representation == 'embedding' else 'error vectors'} ({representation}) of {len(train_paths)} training, {len(val_paths)} validation "
         f"and {len(target_paths)} target-domain clips through the int8 model")
 
     def vectors(paths: Sequence[Path]) -> np.ndarray | None:
@@ -513,8 +533,8 @@ def add_backend(
     bundle = read_bundle(bundle_path)
     if bundle.enrollment is not None and bundle.enrollment.active == "site":
         raise ParameterError(f"{bundle.path}: is enrolled on site; run 'edge-asd enroll {bundle.path} --rollback' first")
-    if bundle.model.score != "reconstruction_mse":
-        raise ParameterError(f"{bundle.path}: a back end needs a reconstruction model, this bundle's score is {bundle.model.score!r}")
+    if bundle.model.score not in ("reconstruction_mse", "embedding"):
+        raise ParameterError(f"{bundle.path}: a back end needs a reconstruction or embedding model, this bundle's score is {bundle.model.score!r}")
     base = dataclasses.replace(bundle, backend=None, score_scaling=ScoreScaling())
     target = {Path(p) for p in target_paths}
     train_paths = [p for p in train_paths if Path(p) not in target]
@@ -523,9 +543,7 @@ def add_backend(
         base = _fit_and_attach(base, kind, train_paths=train_paths, val_paths=val_paths, target_paths=sorted(target), seed=seed,
                                params=params, representation=representation, cache_dir=cache_dir, log=log)
     else:
-        from trainer.backends import DEFAULT_REPRESENTATION
-
-        representation = representation or DEFAULT_REPRESENTATION
+        representation = _representation_for(base, representation)
         base = attach_backend(base, fitted, representation=representation, fitted_on={"representation": representation, **fitted.fitted_on})
     normal = [(Path(p), None) for p in (val_paths or train_paths)]
     return _calibrate(base, normal, "validation" if val_paths else "training", false_alarms_per_day=false_alarms_per_day)

@@ -13,6 +13,7 @@ from trainer import quiet_tensorflow_logs
 from trainer.backends import BACKEND_CHOICES
 from trainer.protocols import DEFAULT_SITE_CLIPS, LEAVE_ONE_GROUP_OUT, parse_holdout_group
 from trainer.recipes import AUTO, AUTO_CANDIDATES, DEFAULT_RECIPE, RECIPES, Recipe, get_recipe
+from trainer.models import EMBEDDING_KINDS, MODEL_KINDS
 
 __all__ = ["fit", "evaluate", "recipes", "select_split", "fit_bundle", "default_protocol", "check_audio_formats"]
 
@@ -109,7 +110,7 @@ def fit_bundle(
     cache_dir: Path | None = None,
     candidates: Sequence[str] = AUTO_CANDIDATES,
     candidates_dir: Path | None = None,
-    backend: str = "none",
+    backend: str | None = None,
     holdout_group: str | None = None,
     site_clips: int | None = None,
     log=click.echo,
@@ -129,8 +130,8 @@ def fit_bundle(
     candidates_dir
         ``"auto"`` only: keep every candidate's bundle there (default: a temporary folder).
     backend
-        A scoring back end over the autoencoder's per-band error vector (:mod:`trainer.backends`),
-        or ``"none"``. Target-domain training clips (DCASE layouts) fill its site slot.
+        A scoring back end over the autoencoder's per-band error vector or the embedding model's
+        embedding (:mod:`trainer.backends`), ``"none"``, or ``None``: the recipe's (:attr:`Recipe.backend`). Target-domain training clips (DCASE layouts) fill its site slot.
     holdout_group, site_clips
         ``leave-one-group-out`` only (:func:`trainer.protocols.leave_one_group_out`): the group held
         out (``"car=B1"``) and how many of its training clips are site clips. The model never trains
@@ -189,7 +190,7 @@ def fit_bundle(
             cache_dir=cache_dir, candidates_dir=candidates_dir, provenance=provenance, log=log,
         )
         result, chosen, bundle, selection = picked.train_result, picked.recipe, picked.bundle, picked.table
-        if backend != "none":
+        if backend not in (None, "none"):
             from trainer.export import add_backend
 
             bundle = add_backend(bundle.path, backend, train_paths=result.train_paths, val_paths=result.val_paths,
@@ -198,9 +199,10 @@ def fit_bundle(
     else:
         config = chosen.train_config(seed=seed, objective=objective)
         obj = config.resolved_objective
-        if backend != "none" and obj != "reconstruction":
-            raise ParameterError(f"--backend {backend} scores an autoencoder's reconstruction error vectors; recipe "
-                                 f"{chosen.name} trains a {chosen.model} ({obj} objective): use an autoencoder recipe")
+        backend = chosen.backend if backend is None else backend
+        if backend != "none" and obj != "reconstruction" and chosen.model not in EMBEDDING_KINDS:
+            raise ParameterError(f"--backend {backend} scores an autoencoder's reconstruction error vectors or an embedding; "
+                                 f"recipe {chosen.name} trains a {chosen.model} ({obj} objective): use an autoencoder recipe")
         if obj == "supervised" and protocol != "supervised-8020":
             raise ParameterError("the supervised objective needs --protocol supervised-8020 (it trains on anomalies)")
         if obj in ("reconstruction", "id"):
@@ -254,8 +256,8 @@ def _common(f):
 @click.option("--recipe", default=DEFAULT_RECIPE, show_default=True,
               help="Named training settings (asd-train recipes), or 'auto': train every candidate recipe and keep the one "
                    "that best separates held-out normal clips from synthetic faults made from them. The flags below override it.")
-@click.option("--model", type=click.Choice(["dense-ae", "conv-ae", "lstm-ae", "cnn-lstm"]), default=None, help="Override the recipe's model.")
-@click.option("--objective", type=click.Choice(["id", "supervised"]), default=None, help="cnn-lstm only (default id).")
+@click.option("--model", type=click.Choice(list(MODEL_KINDS)), default=None, help="Override the recipe's model.")
+@click.option("--objective", type=click.Choice(["id", "supervised"]), default=None, help="cnn-lstm only (default id; mobilefacenet is always id).")
 @click.option("--features", "feature_kind", type=click.Choice(["logmel", "ims"]), default=None, help="Override the recipe's features.")
 @click.option("--n-mels", type=int, default=None, help="Override the recipe's mel bands.")
 @click.option("--n-fft", type=int, default=None, help="Override the recipe's FFT length, samples.")
@@ -267,8 +269,10 @@ def _common(f):
 @click.option("--normalization", type=click.Choice(["per-feature", "global"]), default=None,
               help="Override the recipe's normalisation: standardise each band, or centre each band and use one common scale.")
 @click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Target false alarms per day of the exported threshold (fitted on the validation normal clips, as edge-asd calibrate does).")
-@click.option("--backend", type=click.Choice(list(BACKEND_CHOICES)), default="none", show_default=True,
-              help="Score windows with a back end over the autoencoder's per-band error vector instead of its mean: "
+@click.option("--backend", type=click.Choice(list(BACKEND_CHOICES)), default=None,
+              help="Default: the recipe's (none, except knn for mfn-arcface). "
+                   "Score windows with a back end over the autoencoder's per-band error vector instead of its mean, or over an "
+                   "embedding model's embedding: "
                    "knn (factory and site memory banks), mahalanobis, selective-mahalanobis (DCASE 2023: source and "
                    "target statistics), gmm, ocsvm. Target-domain training clips fill the site bank / target statistics; "
                    "edge-asd enroll refills them on site.")
@@ -322,7 +326,8 @@ def recipes() -> None:
         click.echo(f"{r.name}{tag}: {r.summary}")
         click.echo(f"  sets      {r.model}, {r.features} n_fft {r.n_fft} / hop_length {r.hop_length} / n_mels {r.n_mels} at "
                    f"{r.sr} Hz, normalization {r.normalization}, window {r.n_frames or 'default'} frames every "
-                   f"{r.hop_frames or 'default'}, batch {r.batch_size}, up to {r.epochs} epochs{auto}")
+                   f"{r.hop_frames or 'default'}, batch {r.batch_size}, up to {r.epochs} epochs"
+                   + (f", back end {r.backend}" if r.backend != "none" else "") + auto)
         click.echo(f"  measured  {r.measured or 'not measured'}")
     click.echo(f"auto: trains {', '.join(AUTO_CANDIDATES)} and keeps the best on synthetic faults made from held-out normal clips")
 

@@ -41,9 +41,16 @@ __all__ = [
     "conv_ae",
     "lstm_ae",
     "cnn_lstm",
+    "mobilefacenet",
+    "CLASSIFIER_KINDS",
+    "EMBEDDING_KINDS",
 ]
 
-MODEL_KINDS = ("dense-ae", "conv-ae", "lstm-ae", "cnn-lstm")
+MODEL_KINDS = ("dense-ae", "conv-ae", "lstm-ae", "cnn-lstm", "mobilefacenet")
+CLASSIFIER_KINDS = ("cnn-lstm", "mobilefacenet")
+"""Kinds that learn classes (machine IDs / attribute groups) rather than to reconstruct."""
+EMBEDDING_KINDS = ("mobilefacenet",)
+"""Kinds whose exported model gives an embedding (scored by a back end), not logits."""
 OBJECTIVES = ("reconstruction", "id", "supervised")
 
 DENSE_AE_MAX_INPUTS = 450
@@ -60,6 +67,10 @@ DEFAULT_WINDOWS: dict[str, tuple[int, int]] = {
     # The fused LSTM op stores its weights once (53 KB at 8 × 48); the window was not re-tuned.
     "lstm-ae": (8, 4),
     "cnn-lstm": (32, 16),
+    # mobilefacenet: 64 frames (~2 s at the DCASE 1024/512 frames) every 32, as STgram-MFN's
+    # classifiers see seconds of sound, not milliseconds: a machine's identity is in its steady
+    # spectrum and its slow rhythm.
+    "mobilefacenet": (64, 32),
 }
 
 
@@ -74,13 +85,14 @@ class ModelConfig:
     n_features: int
     """Features per frame (``FeatureConfig.n_features``)."""
     objective: Literal["reconstruction", "id", "supervised"] = "reconstruction"
-    """``reconstruction`` for the autoencoders; ``id`` or ``supervised`` for ``cnn-lstm``."""
+    """``reconstruction`` for the autoencoders; ``id`` or ``supervised`` for ``cnn-lstm``; ``id`` for
+    ``mobilefacenet`` (trained with an ArcFace head, exported as an embedding)."""
     n_classes: int = 0
     """Output logits for ``id`` / ``supervised`` (2 for supervised); 0 for autoencoders."""
     width: int = 0
     """Main width (units / filters); 0 means the kind's default."""
     bottleneck: int = 0
-    """Bottleneck size of the autoencoders; 0 means the kind's default."""
+    """Bottleneck size of the autoencoders, embedding size of ``mobilefacenet``; 0 means the kind's default."""
     dropout: float = 0.0
     """Dropout before the classifier head (training only; vanishes in the export)."""
 
@@ -89,11 +101,13 @@ class ModelConfig:
             raise ParameterError(f"model kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         if self.objective not in OBJECTIVES:
             raise ParameterError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.kind == "cnn-lstm":
+        if self.kind in CLASSIFIER_KINDS:
             if self.objective == "reconstruction":
-                raise ParameterError("cnn-lstm is a classifier: objective must be 'id' or 'supervised'")
+                raise ParameterError(f"{self.kind} is a classifier: objective must be 'id' or 'supervised'")
+            if self.kind in EMBEDDING_KINDS and self.objective != "id":
+                raise ParameterError(f"{self.kind} learns an embedding of machine classes: objective must be 'id'")
             if self.n_classes < 2:
-                raise ParameterError(f"cnn-lstm needs at least 2 classes, got {self.n_classes}")
+                raise ParameterError(f"{self.kind} needs at least 2 classes, got {self.n_classes}")
         elif self.objective != "reconstruction":
             raise ParameterError(f"{self.kind} is an autoencoder: objective must be 'reconstruction'")
         if self.n_frames < 1 or self.n_features < 1:
@@ -108,6 +122,11 @@ class ModelConfig:
     @property
     def is_autoencoder(self) -> bool:
         return self.objective == "reconstruction"
+
+    @property
+    def is_embedding(self) -> bool:
+        """The exported model gives an embedding (:data:`EMBEDDING_KINDS`)."""
+        return self.kind in EMBEDDING_KINDS
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,6 +186,19 @@ def _pad_to(n: int, multiple: int) -> int:
     return (-n) % multiple
 
 
+def _padded_image(keras: Any, cfg: ModelConfig, batch_size: int | None, *, multiple: tuple[int, int]):
+    """The window input and the window as a one-channel image, zero-padded at the end of time and
+    frequency to multiples of ``multiple`` (so strided layers divide it evenly):
+    ``(input, image, pad_t, pad_f)``."""
+    layers = keras.layers
+    pad_t, pad_f = _pad_to(cfg.n_frames, multiple[0]), _pad_to(cfg.n_features, multiple[1])
+    inp = _input(keras, cfg, batch_size, channels=False)
+    x = layers.Reshape((cfg.n_frames, cfg.n_features, 1), name="to_image")(inp)
+    if pad_t or pad_f:
+        x = layers.ZeroPadding2D(((0, pad_t), (0, pad_f)), name="pad")(x)
+    return inp, x, pad_t, pad_f
+
+
 def conv_ae(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = False) -> Any:
     """A small convolutional autoencoder (the DCAE family of seeds 003/004).
 
@@ -178,11 +210,7 @@ def conv_ae(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = F
     keras = _keras(export)
     layers = keras.layers
     w = cfg.width or 16
-    pad_t, pad_f = _pad_to(cfg.n_frames, 8), _pad_to(cfg.n_features, 8)
-    inp = _input(keras, cfg, batch_size, channels=False)
-    x = layers.Reshape((cfg.n_frames, cfg.n_features, 1), name="to_image")(inp)
-    if pad_t or pad_f:
-        x = layers.ZeroPadding2D(((0, pad_t), (0, pad_f)), name="pad")(x)
+    inp, x, pad_t, pad_f = _padded_image(keras, cfg, batch_size, multiple=(8, 8))
     filters = (w, 2 * w, 2 * w)
     for i, f in enumerate(filters):
         x = layers.Conv2D(f, 3, strides=2, padding="same", use_bias=False, name=f"enc{i}_conv")(x)
@@ -250,12 +278,7 @@ def cnn_lstm(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = 
     keras = _keras(export)
     layers = keras.layers
     w = cfg.width or 16
-    pad_f = _pad_to(cfg.n_features, 32)
-    pad_t = _pad_to(cfg.n_frames, 2)
-    inp = _input(keras, cfg, batch_size, channels=False)
-    x = layers.Reshape((cfg.n_frames, cfg.n_features, 1), name="to_image")(inp)
-    if pad_t or pad_f:
-        x = layers.ZeroPadding2D(((0, pad_t), (0, pad_f)), name="pad")(x)
+    inp, x, pad_t, pad_f = _padded_image(keras, cfg, batch_size, multiple=(2, 32))
     for i, (f, pool) in enumerate(((w, (1, 4)), (2 * w, (2, 4)), (2 * w, (1, 2)))):
         x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)
@@ -274,6 +297,53 @@ def cnn_lstm(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = 
     return keras.Model(inp, out, name="cnn_lstm")
 
 
+def mobilefacenet(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = False) -> Any:
+    """A MobileFaceNet-style embedding network (seed 001's STgram-MFN classifier, sized for the edge).
+
+    A strided 3×3 conv and a depthwise 3×3 conv (``w`` channels), five inverted-residual
+    bottlenecks (1×1 expansion ×2, depthwise 3×3, linear 1×1 projection; residual where the shape
+    allows) to ``w, w, 2w, 2w, 2w`` channels, halving time and frequency twice more, a 1×1 conv
+    to ``4w``, MobileFaceNet's *global depthwise conv* (one linear depthwise filter over the whole
+    remaining map instead of an average: it learns which time-frequency cells identify a machine),
+    and a linear embedding of ``bottleneck`` (default 64) values with batch norm.
+
+    The output is the **embedding** (not normalised: the host L2-normalises it, an int8
+    L2_NORMALIZATION would spend the output's 8 bits on a unit sphere's few directions). Training
+    puts an ArcFace head on top (:mod:`trainer.arcface`) that the export leaves behind.
+
+    Differences from MobileFaceNet, for the device: ReLU instead of PReLU (XNNPACK runs int8 ReLU
+    fused into the conv), and a quarter of its widths (``w`` = 16 default against 64), which keeps
+    the int8 file near 60 KB.
+    """
+    keras = _keras(export)
+    layers = keras.layers
+    w = cfg.width or 16
+    dim = cfg.bottleneck or 64
+    inp, x, pad_t, pad_f = _padded_image(keras, cfg, batch_size, multiple=(8, 8))
+
+    def bn_relu(x, name: str, relu: bool = True):
+        x = layers.BatchNormalization(name=f"{name}_bn")(x)
+        return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    x = bn_relu(layers.Conv2D(w, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x), "stem")
+    x = bn_relu(layers.DepthwiseConv2D(3, padding="same", use_bias=False, name="stem_dw")(x), "stem_dw")
+    channels = w
+    for i, (out, stride) in enumerate(((w, 2), (w, 1), (2 * w, 2), (2 * w, 1), (2 * w, 1))):
+        name = f"block{i}"
+        y = bn_relu(layers.Conv2D(2 * channels, 1, use_bias=False, name=f"{name}_expand")(x), f"{name}_expand")
+        y = bn_relu(layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(y), f"{name}_dw")
+        y = bn_relu(layers.Conv2D(out, 1, use_bias=False, name=f"{name}_project")(y), f"{name}_project", relu=False)
+        x = layers.Add(name=f"{name}_add")([x, y]) if stride == 1 and out == channels else y
+        channels = out
+    x = bn_relu(layers.Conv2D(4 * w, 1, use_bias=False, name="head_conv")(x), "head")
+    t8, f8 = (cfg.n_frames + pad_t) // 8, (cfg.n_features + pad_f) // 8
+    x = bn_relu(layers.DepthwiseConv2D((t8, f8), padding="valid", use_bias=False, name="gdconv")(x), "gdconv", relu=False)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(dim, use_bias=False, name="embedding_dense")(x)
+    out = layers.BatchNormalization(name="embedding")(x)
+    return keras.Model(inp, out, name="mobilefacenet")
+
+
 def build_model(cfg: ModelConfig, *, batch_size: int | None = None, export: bool = False) -> Any:
     """Build the Keras model described by ``cfg``.
 
@@ -290,8 +360,9 @@ def build_model(cfg: ModelConfig, *, batch_size: int | None = None, export: bool
     Returns
     -------
     keras.Model or tf_keras.Model
-        Input ``(batch, n_frames, n_features)``; output the same shape (autoencoders) or
-        ``(batch, n_classes)`` logits (classifiers).
+        Input ``(batch, n_frames, n_features)``; output the same shape (autoencoders),
+        ``(batch, n_classes)`` logits (``cnn-lstm``) or ``(batch, bottleneck)`` embeddings
+        (``mobilefacenet``).
     """
-    builders = {"dense-ae": dense_ae, "conv-ae": conv_ae, "lstm-ae": lstm_ae, "cnn-lstm": cnn_lstm}
+    builders = {"dense-ae": dense_ae, "conv-ae": conv_ae, "lstm-ae": lstm_ae, "cnn-lstm": cnn_lstm, "mobilefacenet": mobilefacenet}
     return builders[cfg.kind](cfg, batch_size=batch_size, export=export)

@@ -21,7 +21,7 @@ from edge_asd.detector import window_view
 from edge_asd.errors import ParameterError
 from edge_asd.frontend import FeatureConfig
 from trainer.features_cache import default_cache_dir, extract_features
-from trainer.models import MODEL_KINDS, ModelConfig, build_model, default_window
+from trainer.models import CLASSIFIER_KINDS, EMBEDDING_KINDS, MODEL_KINDS, ModelConfig, build_model, default_window
 
 __all__ = ["TrainConfig", "TrainResult", "train", "make_windows", "STD_FLOOR_DB"]
 
@@ -37,7 +37,7 @@ class TrainConfig:
     model: str = "conv-ae"
     """One of :data:`trainer.models.MODEL_KINDS`."""
     objective: str | None = None
-    """``None``: ``reconstruction`` for autoencoders, ``id`` for ``cnn-lstm``."""
+    """``None``: ``reconstruction`` for autoencoders, ``id`` for ``cnn-lstm`` and ``mobilefacenet``."""
     n_frames: int | None = None
     """Frames per window (``None``: the kind's default)."""
     hop_frames: int | None = None
@@ -82,7 +82,7 @@ class TrainConfig:
     def resolved_objective(self) -> str:
         if self.objective:
             return self.objective
-        return "id" if self.model == "cnn-lstm" else "reconstruction"
+        return "id" if self.model in CLASSIFIER_KINDS else "reconstruction"
 
     @property
     def window(self) -> WindowConfig:
@@ -238,7 +238,7 @@ def train(
                 f"objective {objective!r} needs at least two classes in the training data, got {list(classes)}; "
                 "use an autoencoder for a single machine"
             )
-        score_kind = "neg_log_prob" if objective == "id" else "anomaly_prob"
+        score_kind = "anomaly_prob" if objective == "supervised" else "embedding" if config.model in EMBEDDING_KINDS else "neg_log_prob"
 
     window = config.window
     set_seed(config.seed)
@@ -283,15 +283,25 @@ def train(
         dropout=config.dropout,
     )
     model = build_model(mcfg)
+    trained = model
+    if mcfg.is_embedding:
+        from trainer.arcface import arcface_model
+
+        # The ArcFace head needs each window's label as an input; the exported model is the backbone.
+        trained = arcface_model(model, len(classes))
+        x_train = {"window": x_train, "label": y_train}
+        if validation is not None:
+            validation = ({"window": validation[0], "label": validation[1]}, validation[1])
     if objective == "reconstruction":
         loss: Any = "mse"
         metrics: list[Any] = []
     else:
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
         metrics = ["accuracy"]
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=metrics)
+    trained.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=metrics)
     log(
-        f"training {config.model} ({objective}) on {len(train_idx)} clips / {len(x_train)} windows of "
+        f"training {config.model} ({objective}{', ArcFace head' if mcfg.is_embedding else ''}) on {len(train_idx)} clips / "
+        f"{len(y_train)} windows of "
         f"{window.n_frames}×{features.n_features}, {model.count_params()} parameters; "
         f"validation {len(val_idx)} clips" + (f"; classes {len(classes)}" if classes else "")
     )
@@ -309,7 +319,7 @@ def train(
         weights = compute_class_weight("balanced", classes=present, y=y_train)
         class_weight = {int(c): float(w) for c, w in zip(present, weights)}
     start = time.perf_counter()
-    model.fit(
+    trained.fit(
         x_train,
         y_train,
         class_weight=class_weight,
@@ -321,7 +331,7 @@ def train(
         callbacks=callbacks,
     )
     elapsed = time.perf_counter() - start
-    representative = representative_windows(x_train, 400, rng)
+    representative = representative_windows(x_train["window"] if isinstance(x_train, dict) else x_train, 400, rng)
     return TrainResult(
         model=model,
         model_config=mcfg,
