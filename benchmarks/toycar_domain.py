@@ -486,9 +486,10 @@ def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, 
         for seed in seed_list:
             meta["shared_test"].append(shared_test(recipe, seed, epochs=epochs, work=work, resume=resume or cached_only))
             write(rows, variant_list, meta)
-    if member_recipe is not None and rows:
+    if (member_recipe is not None or recipe.name != DEFAULT_RECIPE) and rows:
         first = work / _fold_name(rows[0]["car"], rows[0]["seed"], epochs)
-        meta.update(device_cost=device_cost(first, ["factory", "member", "ensemble"]), device_cost_fold=first.name)
+        bundles = ["factory", "member", "ensemble"] if member_recipe is not None else ["factory"]
+        meta.update(device_cost=device_cost(first, bundles), device_cost_fold=first.name)
         write(rows, variant_list, meta)
     click.echo(markdown(rows, pooled(rows, variant_list), meta))
 

@@ -63,6 +63,7 @@ __all__ = [
     "BUNDLE_JSON",
     "MODEL_FILES",
     "SCORE_KINDS",
+    "VECTOR_SCORES",
     "WindowConfig",
     "Normalization",
     "ScoreScaling",
@@ -106,6 +107,11 @@ SCORE_KINDS = ("reconstruction_mse", "neg_log_prob", "anomaly_prob", "embedding"
 - ``embedding``: the model gives an embedding; the bundle's scoring back end (required) scores it
   (:mod:`edge_asd.backends`, representation ``embedding``).
 """
+
+
+VECTOR_SCORES = ("reconstruction_mse", "embedding")
+"""Score kinds whose windows give a vector a scoring back end can score: an autoencoder's error
+vector, an embedding model's embedding."""
 
 
 def _utcnow() -> str:
@@ -581,7 +587,7 @@ def _check_backend_ref(ref: BackendRef, name: str, bundle: Bundle, where: Path) 
     vectors and their size (no file access)."""
     label = "backend" if name == "active" else f"enrollment.{name}.backend"
     score = bundle.model.score
-    if score not in ("reconstruction_mse", "embedding"):
+    if score not in VECTOR_SCORES:
         raise BundleError(
             f"{where}: {label} scores reconstruction error vectors or embeddings but the model's score is "
             f"{score!r}; re-export the bundle without --backend"
@@ -707,7 +713,7 @@ def ensemble_problems(primary: Bundle, member: Bundle) -> list[str]:
     if member.ensemble is not None:
         problems.append("it is an ensemble itself")
     for b in (primary, member):
-        if b.model.score not in ("reconstruction_mse", "embedding"):
+        if b.model.score not in VECTOR_SCORES:
             problems.append(f"{b.path.name}'s model scores {b.model.score!r}; ensembles combine autoencoders and embedding models")
     return problems
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from edge_asd.audio.resample import resample
 from edge_asd.backends import band_errors, represent
-from edge_asd.bundle import Bundle, read_bundle
+from edge_asd.bundle import VECTOR_SCORES, Bundle, read_bundle
 from edge_asd.errors import BundleError, ParameterError
 from edge_asd.frontend import compute_features
 from edge_asd.runtime import RuntimeName, TFLiteModel
@@ -42,10 +42,6 @@ def window_view(frames: np.ndarray, *, n_frames: int, hop_frames: int) -> np.nda
         return np.empty((0, n_frames, frames.shape[1]), dtype=frames.dtype)
     view = np.lib.stride_tricks.sliding_window_view(frames, n_frames, axis=0)[::hop_frames]
     return view.transpose(0, 2, 1)
-
-
-_VECTOR_SCORES = ("reconstruction_mse", "embedding")
-"""Score kinds whose windows give a vector a back end can score (error vector, embedding)."""
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -108,7 +104,7 @@ class Detector:
         if self._score_kind == "anomaly_prob":
             self._class_index = self._resolve_class("anomaly")
         self.backend = bundle.load_backend() if isinstance(backend, str) and backend == "bundle" else backend
-        if self.backend is not None and self._score_kind not in _VECTOR_SCORES:
+        if self.backend is not None and self._score_kind not in VECTOR_SCORES:
             raise ParameterError(f"a scoring back end needs a reconstruction or embedding model, this bundle's score is {self._score_kind!r}")
         self.representation = (bundle.backend.representation if bundle.backend is not None
                                else "embedding" if self._score_kind == "embedding" else "band_mse")
@@ -206,12 +202,10 @@ class Detector:
     def raw_score_window(self, window: np.ndarray, *, class_index: int | None = None) -> float:
         """The model's own score of one normalised window, before score scaling."""
         y = self.model(window)
-        if self._score_kind == "embedding":
-            if self.backend is None:
-                raise ParameterError("an embedding model scores through a back end, and this detector has none")
-            return self.backend.score_one(represent(y.reshape(-1), "embedding"))
         if self.backend is not None:
-            return self.backend.score_one(represent(band_errors(window, y), self.representation))
+            return self.backend.score_one(represent(self._window_vector(window, y), self.representation))
+        if self._score_kind == "embedding":
+            raise ParameterError("an embedding model scores through a back end, and this detector has none")
         if self._score_kind == "reconstruction_mse":
             d = y.reshape(-1) - window.reshape(-1)
             return float(np.dot(d, d) / d.size)
@@ -233,18 +227,21 @@ class Detector:
 
         ``representation`` defaults to the back end's (``band_mse`` / ``embedding`` without one).
         """
-        if self._score_kind not in _VECTOR_SCORES:
+        if self._score_kind not in VECTOR_SCORES:
             raise ParameterError(f"window vectors need a reconstruction or embedding model, this bundle's score is {self._score_kind!r}")
         representation = representation or self.representation
         if (representation == "embedding") != (self._score_kind == "embedding"):
             raise ParameterError(f"a model with score {self._score_kind!r} gives no {representation!r} vectors")
         w = self.bundle.window
         windows = window_view(self.normalize(frames), n_frames=w.n_frames, hop_frames=w.hop_frames)
-        if self._score_kind == "embedding":
-            dim = int(self.bundle.model.output_shape[-1])
-            return represent(np.array([self.model(win) for win in windows], dtype=np.float64).reshape(-1, dim), "embedding")
-        errors = np.array([band_errors(win, self.model(win)) for win in windows], dtype=np.float64).reshape(-1, self.config.n_features)
-        return represent(errors, representation)
+        dim = int(self.bundle.model.output_shape[-1]) if self._score_kind == "embedding" else self.config.n_features
+        vectors = np.array([self._window_vector(win, self.model(win)) for win in windows], dtype=np.float64).reshape(-1, dim)
+        return represent(vectors, representation)
+
+    def _window_vector(self, window: np.ndarray, output: np.ndarray) -> np.ndarray:
+        """What a back end scores of one window, before :func:`represent`: the embedding model's
+        output, or the autoencoder's error vector (:func:`band_errors`)."""
+        return output.reshape(-1) if self._score_kind == "embedding" else band_errors(window, output)
 
     def score_windows(self, frames: np.ndarray, *, class_label: str | None = None) -> np.ndarray:
         """Window scores (standardised) of raw (un-normalised) feature frames ``(n_frames, n_features)``.

@@ -42,8 +42,8 @@ from edge_asd.audio.sources import FileListSource
 from edge_asd.audio.wav import wav_info
 from edge_asd.backends import save_backend
 from edge_asd.bundle import (
-    MODEL_FILES, BackendRef, Bundle, Enrollment, EnrollmentValues, ModelInfo, ScoreScaling, Threshold, file_sha256,
-    read_bundle, write_bundle,
+    MODEL_FILES, VECTOR_SCORES, BackendRef, Bundle, Enrollment, EnrollmentValues, ModelInfo, ScoreScaling, Threshold,
+    file_sha256, read_bundle, write_bundle,
 )
 from edge_asd.calibration import MIN_PERIODS, SECONDS_PER_DAY, fit_threshold, score_periods, threshold_record
 from edge_asd.detector import Detector
@@ -416,7 +416,7 @@ def export_bundle(
         raise ParameterError(f"a {result.model_config.kind} gives embeddings, which only a scoring back end scores: "
                              "choose --backend (knn, mahalanobis, selective-mahalanobis, gmm, ocsvm)")
     if backend != "none":
-        if result.score_kind not in ("reconstruction_mse", "embedding"):
+        if result.score_kind not in VECTOR_SCORES:
             raise ParameterError(f"--backend {backend} scores reconstruction error vectors or embeddings; a {result.model_config.kind} "
                                  f"({result.score_kind}) model gives neither: use an autoencoder recipe or --backend none")
         target = {Path(p) for p in target_paths}
@@ -533,7 +533,7 @@ def add_backend(
     bundle = read_bundle(bundle_path)
     if bundle.enrollment is not None and bundle.enrollment.active == "site":
         raise ParameterError(f"{bundle.path}: is enrolled on site; run 'edge-asd enroll {bundle.path} --rollback' first")
-    if bundle.model.score not in ("reconstruction_mse", "embedding"):
+    if bundle.model.score not in VECTOR_SCORES:
         raise ParameterError(f"{bundle.path}: a back end needs a reconstruction or embedding model, this bundle's score is {bundle.model.score!r}")
     base = dataclasses.replace(bundle, backend=None, score_scaling=ScoreScaling())
     target = {Path(p) for p in target_paths}

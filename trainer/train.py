@@ -283,13 +283,13 @@ def train(
         dropout=config.dropout,
     )
     model = build_model(mcfg)
-    trained = model
+    trained, inputs = model, x_train
     if mcfg.is_embedding:
         from trainer.arcface import arcface_model
 
         # The ArcFace head needs each window's label as an input; the exported model is the backbone.
         trained = arcface_model(model, len(classes))
-        x_train = {"window": x_train, "label": y_train}
+        inputs = {"window": x_train, "label": y_train}
         if validation is not None:
             validation = ({"window": validation[0], "label": validation[1]}, validation[1])
     if objective == "reconstruction":
@@ -301,7 +301,7 @@ def train(
     trained.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss, metrics=metrics)
     log(
         f"training {config.model} ({objective}{', ArcFace head' if mcfg.is_embedding else ''}) on {len(train_idx)} clips / "
-        f"{len(y_train)} windows of "
+        f"{len(x_train)} windows of "
         f"{window.n_frames}×{features.n_features}, {model.count_params()} parameters; "
         f"validation {len(val_idx)} clips" + (f"; classes {len(classes)}" if classes else "")
     )
@@ -320,7 +320,7 @@ def train(
         class_weight = {int(c): float(w) for c, w in zip(present, weights)}
     start = time.perf_counter()
     trained.fit(
-        x_train,
+        inputs,
         y_train,
         class_weight=class_weight,
         validation_data=validation,
@@ -331,7 +331,7 @@ def train(
         callbacks=callbacks,
     )
     elapsed = time.perf_counter() - start
-    representative = representative_windows(x_train["window"] if isinstance(x_train, dict) else x_train, 400, rng)
+    representative = representative_windows(x_train, 400, rng)
     return TrainResult(
         model=model,
         model_config=mcfg,
