@@ -206,3 +206,30 @@ def test_toycar_rows_carry_per_domain_figures(tmp_path):
     assert lines[2].endswith("| — | — | — |") and lines[3].endswith("| 0.8889 | n/m | n/m |")
     assert "- AUC (target) not measurable: ToyCar/section_00: no target-domain normal clips" in lines
     assert all(line.count("|") == lines[0].count("|") for line in lines[:4])
+
+
+def test_toycar_auto_report_separates_fault_sensitivity_from_normal_drift():
+    from benchmarks.toycar_auto import markdown
+
+    def row(recipe, pseudo, real, drift=None, anomalies=None):
+        r = {"recipe": recipe, "pseudo_auc": pseudo, "auc_int8": real, "pauc_int8": 0.5,
+             "per_family": {"click": pseudo, "tone": 1.0 - pseudo}}
+        if drift is not None:
+            r |= {"normal_drift_auc": drift, "anomaly_vs_heldout_auc": anomalies}
+        return r
+
+    def result(seed, rows):
+        chosen = max(rows, key=lambda r: r["pseudo_auc"])
+        best = max(rows, key=lambda r: r["auc_int8"])
+        return {"seed": seed, "validation": "clips", "chosen": chosen["recipe"], "chosen_auc_int8": chosen["auc_int8"],
+                "best_recipe": best["recipe"], "best_auc_int8": best["auc_int8"], "gap": best["auc_int8"] - chosen["auc_int8"],
+                "spearman_rho": -1.0, "spearman_p": 0.0, "n_val_clips": 3, "n_faulted": 6, "rows": rows}
+
+    # Sensitive recipes hear the real faults best against held-out normals, but drift most on test normals.
+    measured = [row("a", 0.6, 0.8, 0.3, 0.55), row("b", 0.7, 0.7, 0.4, 0.65), row("c", 0.8, 0.6, 0.6, 0.75)]
+    text = markdown([result(0, measured), result(1, [row("a", 0.6, 0.8), row("b", 0.7, 0.7), row("c", 0.8, 0.6)])], None)
+    assert "| c (chosen) | 0.8000 | 0.800 | 0.200 | 0.6000 | 0.5000 | 0.600 | 0.750 |" in text
+    assert "| *Spearman ρ with real AUC* | -1.00 | -1.00 | 1.00 | | | | |" in text
+    assert text.count("Spearman ρ of the pseudo-AUC with the anomalies-vs-held-out AUC: 1.00; with the normal drift AUC: 1.00.") == 1
+    assert "| a | 0.6000 | 0.600 | 0.400 | 0.8000 | 0.5000 | n/m | n/m |" in text  # an older result without diagnoses
+    assert "Over 2 seeds: Spearman ρ -1.00 ± 0.00, gap to the best real AUC 0.2000 ± 0.0000." in text

@@ -136,3 +136,32 @@ def test_bad_training_folders_are_clear_errors(tmp_path) -> None:
 
     bad = asd_train("fit", mixed, "--recipe", "auto", "--candidates", "short-dense-ae", "--out", tmp_path / "b4", timeout=300)
     assert bad.returncode != 0 and "at least two recipes" in bad.stderr
+
+
+def test_recipe_auto_can_rank_on_whole_held_out_groups_and_refits_the_winner_on_all(tmp_path) -> None:
+    from trainer.select import select_recipe
+
+    paths = make_wavs(tmp_path / "machine", n_normal=12, n_anomaly=0, duration_s=2.0)["normal"]
+    groups = [f"g{i // 3}" for i in range(len(paths))]  # four groups of three clips
+    kept, out = tmp_path / "candidates", tmp_path / "bundle"
+    picked = select_recipe(paths, out, candidates=("short-dense-ae", "dcase-reference"), overrides={"epochs": 1}, seed=3,
+                           cache_dir=tmp_path / "cache", candidates_dir=kept, holdout_groups=groups, log=lambda s: None)
+    table = picked.table
+    assert table["validation"] == "whole held-out groups"
+    held = set(table["held_out_groups"])
+    assert held and held < set(groups)
+    n_val = 3 * len(held)  # whole groups: every clip of a held-out group, none of the others
+    assert all(r["n_normal"] == n_val and r["n_faulted"] == 15 * n_val for r in table["candidates"])
+    # the output bundle is the winner retrained on every group, not the candidate that never heard some
+    refit = Path(table["refit_bundle"])
+    assert refit.name == f"{table['chosen']}-refit"
+    assert (out / "model_int8.tflite").read_bytes() == (refit / "model_int8.tflite").read_bytes()
+    seen = {str(p) for p in picked.train_result.train_paths}
+    assert any(str(p) in seen for p, g in zip(paths, groups) if g in held)
+    assert len(picked.train_result.train_paths) + len(picked.train_result.val_paths) == len(paths)
+    with pytest.raises(ParameterError, match="at least two groups"):
+        select_recipe(paths, tmp_path / "b2", candidates=("short-dense-ae", "dcase-reference"), overrides={"epochs": 1},
+                      holdout_groups=["one"] * len(paths), cache_dir=tmp_path / "cache", log=lambda s: None)
+    with pytest.raises(ParameterError, match="one group per training file"):
+        select_recipe(paths, tmp_path / "b3", candidates=("short-dense-ae", "dcase-reference"), overrides={"epochs": 1},
+                      holdout_groups=["a", "b"], cache_dir=tmp_path / "cache", log=lambda s: None)

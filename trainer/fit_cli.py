@@ -110,6 +110,7 @@ def fit_bundle(
     cache_dir: Path | None = None,
     candidates: Sequence[str] = AUTO_CANDIDATES,
     candidates_dir: Path | None = None,
+    auto_validation: str = "clips",
     backend: str | None = None,
     holdout_group: str | None = None,
     site_clips: int | None = None,
@@ -129,6 +130,9 @@ def fit_bundle(
         ``"auto"`` only: the recipes to train and rank, best measured first.
     candidates_dir
         ``"auto"`` only: keep every candidate's bundle there (default: a temporary folder).
+    auto_validation
+        ``"auto"`` only: rank on synthetic faults made from ``"clips"`` (a random share of the
+        normal clips) or ``"groups"`` (whole attribute groups held out of every candidate's training).
     backend
         A scoring back end over the autoencoder's per-band error vector or the embedding model's
         embedding (:mod:`trainer.backends`), ``"none"``, or ``None``: the recipe's (:attr:`Recipe.backend`). Target-domain training clips (DCASE layouts) fill its site slot.
@@ -183,10 +187,14 @@ def fit_bundle(
         from trainer.select import select_recipe
 
         log("--recipe auto is experimental: on ToyCar its synthetic-fault ranking ran opposite to the real faults' "
-            "(benchmarks/results/toycar_auto.md); the default recipe is the measured choice")
+            "(benchmarks/results/toycar_auto.md, toycar_auto_groups.md); the default recipe is the measured choice")
 
+        normal_clips = [c for c in train_clips if c.label == "normal"]
+        if auto_validation not in ("clips", "groups"):
+            raise ParameterError(f"auto_validation must be 'clips' or 'groups', got {auto_validation!r}")
+        groups = [attribute_group(c) for c in normal_clips] if auto_validation == "groups" else None
         picked = select_recipe(
-            [c.path for c in train_clips if c.label == "normal"], out, candidates=candidates, overrides=overrides, seed=seed,
+            [c.path for c in normal_clips], out, holdout_groups=groups, candidates=candidates, overrides=overrides, seed=seed,
             cache_dir=cache_dir, candidates_dir=candidates_dir, provenance=provenance, log=log,
         )
         result, chosen, bundle, selection = picked.train_result, picked.recipe, picked.bundle, picked.table

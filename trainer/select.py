@@ -105,6 +105,7 @@ def select_recipe(
     cache_dir: Path | None = None,
     candidates_dir: Path | None = None,
     provenance: Mapping[str, Any] | None = None,
+    holdout_groups: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
 ) -> SelectedRecipe:
     """Train every candidate recipe, rank them on synthetic faults, write the winner's bundle to ``out``.
@@ -122,6 +123,10 @@ def select_recipe(
     candidates_dir
         Where each candidate's bundle and the synthetic faults are kept (default: a temporary
         folder, removed afterwards).
+    holdout_groups
+        One group name per training clip (attribute group, recording session). When given, the
+        ranking's normal clips are whole held-out groups (see :func:`trainer.train.train`), so a
+        candidate is judged on a condition it never trained on; otherwise a random share of clips.
     """
     from trainer.export import export_bundle
     from trainer.faults import write_pseudo_anomalies
@@ -144,15 +149,16 @@ def select_recipe(
         pseudo: dict[tuple[str, ...], list[tuple[Path, Any, Path]]] = {}
         rows: list[CandidateScore] = []
         kept: dict[str, tuple[Recipe, Any, Bundle]] = {}
+        def fit(recipe: Recipe, groups: Sequence[str] | None, folder: Path) -> tuple[Any, Bundle]:
+            config = dataclasses.replace(recipe.train_config(seed=seed), val_fraction=val_fraction)
+            result = train(list(train_paths), recipe.feature_config(), config, holdout_groups=groups, cache_dir=cache_dir, log=log)
+            recipe_note = {"name": recipe.name, "settings": recipe.settings(), "measured": recipe.measured}
+            return result, export_bundle(result, folder, provenance={**dict(provenance or {}), "recipe": recipe_note})
+
         for i, name in enumerate(candidates, 1):
             recipe = get_recipe(name).with_overrides(**overrides)
             log(f"--recipe auto: candidate {i}/{len(candidates)}: {recipe.name}")
-            config = dataclasses.replace(recipe.train_config(seed=seed), val_fraction=val_fraction)
-            result = train(list(train_paths), recipe.feature_config(), config, cache_dir=cache_dir, log=log)
-            bundle = export_bundle(
-                result, work / recipe.name,
-                provenance={**dict(provenance or {}), "recipe": {"name": recipe.name, "settings": recipe.settings(), "measured": recipe.measured}},
-            )
+            result, bundle = fit(recipe, holdout_groups, work / recipe.name)
             val = tuple(str(p) for p in result.val_paths)
             if not val:
                 raise ParameterError("--recipe auto needs at least two training clips (one held out for the ranking)")
@@ -169,19 +175,30 @@ def select_recipe(
             ))
             log(f"{recipe.name}: pseudo-AUC {value:.4f} (" + ", ".join(f"{k} {v:.3f}" for k, v in per_family.items()) + ")")
             kept[recipe.name] = (recipe, result, bundle)
+        held_out = set(next(iter(pseudo)))  # the validation split depends on the seed only: one for all candidates
         best = max(rows, key=lambda r: r.pseudo_auc)  # max keeps the first of equals: the better measured recipe
         table = {
             "chosen": best.recipe,
             "metric": "mean over fault families of AUC(held-out normal clips vs their synthetic faults), int8 clip scores",
             "seed": seed,
+            "validation": "whole held-out groups" if holdout_groups is not None else "random held-out clips",
+            "held_out_groups": sorted({g for p, g in zip(train_paths, holdout_groups) if str(p) in held_out})
+            if holdout_groups is not None else None,
             "candidates": [dataclasses.asdict(r) | {"per_family": dict(r.per_family), "per_severity": dict(r.per_severity)} for r in rows],
         }
         if tmp is not None:
             for row in table["candidates"]:
                 row["bundle"] = None  # removed with the temporary folder
         recipe, result, _ = kept[best.recipe]
-        chosen = _copy_bundle(work / best.recipe, Path(out), {"recipe_selection": table})
         log(f"--recipe auto chose {best.recipe} (pseudo-AUC {best.pseudo_auc:.4f})")
+        chosen_dir = work / best.recipe
+        if holdout_groups is not None:
+            # The candidates never saw the held-out groups; the bundle a user runs must.
+            log(f"refitting {best.recipe} on every group (validation: a random share of clips)")
+            chosen_dir = work / f"{best.recipe}-refit"
+            result, _ = fit(recipe, None, chosen_dir)
+            table["refit_bundle"] = str(chosen_dir) if tmp is None else None
+        chosen = _copy_bundle(chosen_dir, Path(out), {"recipe_selection": table})
         return SelectedRecipe(recipe=recipe, bundle=chosen, train_result=result, table=table)
     finally:
         if tmp is not None:

@@ -187,12 +187,28 @@ def _split_validation(n: int, labels: Sequence[str], fraction: float, rng: np.ra
     return mask
 
 
+def _split_validation_groups(groups: Sequence[str], fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of validation clips made of whole groups, drawn in a seeded random order until
+    they hold at least ``fraction`` of the clips (at least one group, never every group)."""
+    groups_arr = np.asarray(groups)
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise ParameterError(f"holding out whole groups for validation needs at least two groups, got {names}")
+    mask = np.zeros(len(groups_arr), dtype=bool)
+    for name in rng.permutation(names)[:-1]:
+        mask |= groups_arr == name
+        if mask.sum() >= fraction * len(groups_arr):
+            break
+    return mask
+
+
 def train(
     paths: Sequence[str | os.PathLike],
     features: FeatureConfig,
     config: TrainConfig,
     *,
     labels: Sequence[str] | None = None,
+    holdout_groups: Sequence[str] | None = None,
     cache_dir: Path | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
@@ -210,6 +226,10 @@ def train(
     labels
         Per-file class labels: required for ``id`` (machine ID / attribute group) and
         ``supervised`` (``"normal"`` / ``"anomaly"``); ignored for autoencoders.
+    holdout_groups
+        One group name per file (e.g. attribute group or recording session). When given, the
+        validation clips are whole groups (about ``config.val_fraction`` of the clips) instead of a
+        random share of every label, so validation sees a condition training never did.
     cache_dir
         Feature cache folder (default :func:`~trainer.features_cache.default_cache_dir`).
     log
@@ -243,7 +263,12 @@ def train(
     window = config.window
     set_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    val_mask = _split_validation(len(paths), labels, config.val_fraction, rng)
+    if holdout_groups is None:
+        val_mask = _split_validation(len(paths), labels, config.val_fraction, rng)
+    elif len(holdout_groups) != len(paths):
+        raise ParameterError(f"holdout_groups needs one group per training file ({len(holdout_groups)} for {len(paths)})")
+    else:
+        val_mask = _split_validation_groups(holdout_groups, config.val_fraction, rng)
     frames = extract_features(paths, features, cache_dir=cache_dir if cache_dir is not None else default_cache_dir(), progress=progress)
     short = [p for p, f in zip(paths, frames) if len(f) < window.n_frames]
     if short:
