@@ -338,6 +338,7 @@ def recipes() -> None:
                    + (f", back end {r.backend}" if r.backend != "none" else "") + auto)
         click.echo(f"  measured  {r.measured or 'not measured'}")
     click.echo(f"auto: trains {', '.join(AUTO_CANDIDATES)} and keeps the best on synthetic faults made from held-out normal clips")
+    click.echo("  experimental: on ToyCar it chose the worst of them (benchmarks/results/toycar_auto.md); use the default")
 
 
 @click.command("evaluate")
