@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -144,8 +145,9 @@ def test_recipe_auto_can_rank_on_whole_held_out_groups_and_refits_the_winner_on_
     paths = make_wavs(tmp_path / "machine", n_normal=12, n_anomaly=0, duration_s=2.0)["normal"]
     groups = [f"g{i // 3}" for i in range(len(paths))]  # four groups of three clips
     kept, out = tmp_path / "candidates", tmp_path / "bundle"
-    picked = select_recipe(paths, out, candidates=("short-dense-ae", "dcase-reference"), overrides={"epochs": 1}, seed=3,
-                           cache_dir=tmp_path / "cache", candidates_dir=kept, holdout_groups=groups, log=lambda s: None)
+    select = functools.partial(select_recipe, paths, candidates=("short-dense-ae", "dcase-reference"), overrides={"epochs": 1},
+                               cache_dir=tmp_path / "cache", log=lambda s: None)
+    picked = select(out, seed=3, candidates_dir=kept, holdout_groups=groups)
     table = picked.table
     assert table["validation"] == "whole held-out groups"
     held = set(table["held_out_groups"])
@@ -160,8 +162,6 @@ def test_recipe_auto_can_rank_on_whole_held_out_groups_and_refits_the_winner_on_
     assert any(str(p) in seen for p, g in zip(paths, groups) if g in held)
     assert len(picked.train_result.train_paths) + len(picked.train_result.val_paths) == len(paths)
     with pytest.raises(ParameterError, match="at least two groups"):
-        select_recipe(paths, tmp_path / "b2", candidates=("short-dense-ae", "dcase-reference"), overrides={"epochs": 1},
-                      holdout_groups=["one"] * len(paths), cache_dir=tmp_path / "cache", log=lambda s: None)
+        select(tmp_path / "b2", holdout_groups=["one"] * len(paths))
     with pytest.raises(ParameterError, match="one group per training file"):
-        select_recipe(paths, tmp_path / "b3", candidates=("short-dense-ae", "dcase-reference"), overrides={"epochs": 1},
-                      holdout_groups=["a", "b"], cache_dir=tmp_path / "cache", log=lambda s: None)
+        select(tmp_path / "b3", holdout_groups=["a", "b"])
