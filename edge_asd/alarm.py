@@ -12,6 +12,14 @@ machine is idle): every period overlapping a hold is closed undecided, counts fo
 k-of-n look-back restarts when the hold is released. A window can also be marked invalid (its audio
 had a sensor problem or an idle level): it moves the period grid on but stays out of the mean.
 
+Beside the k-of-n rule, which hears a fault loud in single periods, an optional evidence rule
+(:class:`edge_asd.evidence.EvidenceRule`, a one-sided CUSUM over standardised period scores) hears
+a small shift that persists. Either rule raises the onset (``rule`` says which); back to normal
+needs both: ``recovery_m`` normal periods in a row *and* the evidence drained to zero (it is
+capped at its alarm level during an alarm, so draining takes a bounded stretch of normal sound).
+Undecided periods (holds, no valid window) add no evidence; :meth:`AlarmLogic.reset_evidence`
+forgets it (the service does so when the sensor is lost).
+
 The clock is whatever the caller passes: the service uses stream time (seconds of audio since the
 start), which is monotonic by construction and makes file replay deterministic; callers without a
 time of their own get :func:`time.monotonic` through the injected ``clock``.
@@ -26,13 +34,18 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from edge_asd.errors import ParameterError
+from edge_asd.evidence import Cusum, EvidenceRule
 
 __all__ = ["AlarmConfig", "PeriodResult", "PeriodAverager", "AlarmLogic", "ExcludedStretches", "EVENT_ONSET",
-           "EVENT_RECOVERY", "MIN_PARTIAL_PERIOD"]
+           "EVENT_RECOVERY", "MIN_PARTIAL_PERIOD", "RULE_PERIOD", "RULE_EVIDENCE"]
 
 EVENT_ONSET = "onset"
 EVENT_RECOVERY = "back_to_normal"
 EventKind = Literal["onset", "back_to_normal"]
+RULE_PERIOD = "period"
+"""The k-of-n rule on single periods above the threshold fired."""
+RULE_EVIDENCE = "evidence"
+"""The sequential evidence rule (CUSUM) fired."""
 MIN_PARTIAL_PERIOD = 0.5
 """A final partial period is decided on only if its windows span at least this fraction of
 ``period_s``; calibration keeps a partial period by the same rule. The mean of a few windows
@@ -53,6 +66,12 @@ class AlarmConfig:
     """Consecutive normal periods needed for the back-to-normal event."""
     refractory_s: float = 300.0
     """Minimum time between two onset events, seconds (suppresses flapping alarms)."""
+    evidence: bool = True
+    """Run the sequential evidence rule when the bundle's threshold carries one."""
+    evidence_max_gap_s: float = 60.0
+    """Evidence saved by a run is resumed at the next start only if the service was down for at
+    most this long, seconds: across a longer gap the machine, the microphone or the room may have
+    changed, and old evidence would say nothing about the new sound."""
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.period_s) and self.period_s > 0):
@@ -65,6 +84,8 @@ class AlarmConfig:
             raise ParameterError(f"alarm.onset_k ({self.onset_k}) must not exceed alarm.onset_n ({self.onset_n})")
         if not (math.isfinite(self.refractory_s) and self.refractory_s >= 0):
             raise ParameterError(f"alarm.refractory_s must be >= 0 seconds, got {self.refractory_s!r}")
+        if not (math.isfinite(self.evidence_max_gap_s) and self.evidence_max_gap_s >= 0):
+            raise ParameterError(f"alarm.evidence_max_gap_s must be >= 0 seconds, got {self.evidence_max_gap_s!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +117,19 @@ class PeriodResult:
     windows"``); empty when decided."""
     n_invalid: int = 0
     """Windows left out of the mean (marked invalid)."""
+    evidence: float | None = None
+    """The evidence statistic after this period, standard deviations (``None``: no evidence rule)."""
+    evidence_fraction: float | None = None
+    """``evidence`` as a share of the evidence rule's alarm level, 0-1."""
+    evidence_level: float | None = None
+    """The evidence rule's alarm level ``h``, standard deviations."""
+    rules: tuple[str, ...] = ()
+    """At an onset: the rules that fired (:data:`RULE_PERIOD`, :data:`RULE_EVIDENCE`)."""
+    shift_start_s: float | None = None
+    """At an evidence onset: the estimated start of the shift (the first period of the CUSUM's
+    excursion above zero), seconds on the caller's clock."""
+    shift_sd: float | None = None
+    """At an evidence onset: the mean standardised score since ``shift_start_s`` (the shift's size), SD."""
 
 
 class PeriodAverager:
@@ -179,6 +213,8 @@ class AlarmLogic:
         Timing and debounce.
     threshold
         Period scores above it are anomalous (the bundle's calibrated threshold).
+    evidence
+        The bundle's calibrated evidence rule, or ``None`` for the k-of-n rule alone.
     clock
         Returns the current time in seconds when :meth:`update` is called without ``t_s``.
         Default :func:`time.monotonic`.
@@ -189,11 +225,13 @@ class AlarmLogic:
     can come after ``onset_k`` periods at the earliest and nothing depends on initial state.
     """
 
-    def __init__(self, config: AlarmConfig, *, threshold: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: AlarmConfig, *, threshold: float, evidence: EvidenceRule | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         if not math.isfinite(threshold):
             raise ParameterError(f"threshold must be finite, got {threshold!r}")
         self.config = config
         self.threshold = float(threshold)
+        self.cusum: Cusum | None = Cusum(evidence) if evidence is not None and config.evidence else None
         self._clock = clock
         self._averager = PeriodAverager(config.period_s)
         self.reset()
@@ -208,6 +246,34 @@ class AlarmLogic:
         self.n_periods = 0
         self._holds: set[str] = set()
         self._tainted: set[str] = set()  # holds that overlapped the current period
+        if self.cusum is not None:
+            self.cusum.reset()
+
+    @property
+    def evidence_rule(self) -> EvidenceRule | None:
+        return None if self.cusum is None else self.cusum.rule
+
+    def set_rules(self, *, threshold: float, evidence: EvidenceRule | None) -> None:
+        """Switch to another bundle's threshold and evidence rule (a reload). Evidence measured
+        against the old rule's reference means nothing under the new one: it restarts (at the
+        alarm level during an alarm, so the alarm is not cleared by the switch)."""
+        if not math.isfinite(threshold):
+            raise ParameterError(f"threshold must be finite, got {threshold!r}")
+        self.threshold = float(threshold)
+        self.cusum = Cusum(evidence) if evidence is not None and self.config.evidence else None
+        self.reset_evidence()
+
+    def reset_evidence(self) -> None:
+        """Forget the accumulated evidence (a sensor loss: the sound after it may come through
+        another microphone or position). During an alarm the statistic restarts at the alarm
+        level, so the alarm still needs a full stretch of normal sound to clear."""
+        if self.cusum is not None:
+            self.cusum.reset(self.cusum.rule.decision_level if self.alarm else 0.0)
+
+    def restore_evidence(self, statistic: float) -> None:
+        """Continue with evidence saved by an earlier run (see :attr:`AlarmConfig.evidence_max_gap_s`)."""
+        if self.cusum is not None and math.isfinite(statistic) and statistic > 0:
+            self.cusum.reset(min(float(statistic), self.cusum.rule.decision_level) if self.alarm else float(statistic))
 
     def update(self, score: float, t_s: float | None = None, *, valid: bool = True) -> PeriodResult | None:
         """Add one window score at time ``t_s`` (default: the clock); return the period it closes.
@@ -256,7 +322,13 @@ class AlarmLogic:
         self._tainted = set(self._holds)
         return PeriodResult(start_s=start_s, end_s=end_s, score=mean, n_windows=n, anomalous=bool(mean > self.threshold),
                             alarm=self.alarm, anomalous_in_window=sum(self._recent), decided=False, reason=reason,
-                            n_invalid=self._averager.last_invalid)
+                            n_invalid=self._averager.last_invalid, **self._evidence_fields())
+
+    def _evidence_fields(self) -> dict[str, float | None]:
+        if self.cusum is None:
+            return {}
+        return {"evidence": self.cusum.statistic, "evidence_fraction": self.cusum.fraction,
+                "evidence_level": self.cusum.rule.decision_level}
 
     def resume_alarm(self) -> None:
         """Start in the alarm state (an onset of an earlier run is still open).
@@ -267,6 +339,8 @@ class AlarmLogic:
         """
         self.alarm = True
         self._normal_run = 0
+        if self.cusum is not None:
+            self.cusum.reset(self.cusum.rule.decision_level)
 
     def _decide(self, start_s: float, end_s: float, mean: float, n: int) -> PeriodResult:
         if self._tainted:
@@ -279,16 +353,27 @@ class AlarmLogic:
         self._recent.append(anomalous)
         self._normal_run = 0 if anomalous else self._normal_run + 1
         n_anomalous = sum(self._recent)
+        cusum = self.cusum
+        if cusum is not None:
+            cusum.update(mean, start_s)
         event: EventKind | None = None
+        rules: tuple[str, ...] = ()
+        shift: dict[str, float | None] = {}
         if not self.alarm:
             refractory_over = self._last_onset_s is None or end_s - self._last_onset_s >= cfg.refractory_s
-            if anomalous and n_anomalous >= cfg.onset_k and refractory_over:
-                self.alarm, event, self._last_onset_s = True, EVENT_ONSET, end_s
-        elif self._normal_run >= cfg.recovery_m:
+            fired = ((RULE_PERIOD,) if anomalous and n_anomalous >= cfg.onset_k else ()) + (
+                (RULE_EVIDENCE,) if cusum is not None and cusum.crossed else ())
+            if fired and refractory_over:
+                self.alarm, event, self._last_onset_s, rules = True, EVENT_ONSET, end_s, fired
+                if cusum is not None and cusum.crossed:
+                    shift = {"shift_start_s": cusum.start_s, "shift_sd": cusum.mean_shift}
+        elif self._normal_run >= cfg.recovery_m and (cusum is None or cusum.statistic == 0.0):
             self.alarm, event = False, EVENT_RECOVERY
             # Start the next onset's count afresh: anomalous periods from before the recovery
             # should not make the next alarm fire early.
             self._recent.clear()
+        if self.alarm and cusum is not None:
+            cusum.cap()
         return PeriodResult(
             start_s=start_s,
             end_s=end_s,
@@ -299,6 +384,9 @@ class AlarmLogic:
             event=event,
             anomalous_in_window=n_anomalous,
             n_invalid=self._averager.last_invalid,
+            rules=rules,
+            **self._evidence_fields(),
+            **shift,
         )
 
 

@@ -54,6 +54,7 @@ import numpy as np
 
 from edge_asd.backends import BACKEND_KINDS, REPRESENTATIONS, load_backend
 from edge_asd.errors import BundleError, ParameterError
+from edge_asd.evidence import EvidenceRule
 from edge_asd.frontend.config import FeatureConfig
 
 __all__ = [
@@ -239,10 +240,16 @@ class Threshold:
     """What the scores were measured with when the threshold was set on site (``period_s``,
     ``model``, ``class_label``, ``n_channels``); the service refuses to start with other settings.
     Empty when not recorded (exported thresholds, older bundles)."""
+    evidence: EvidenceRule | None = None
+    """The sequential evidence rule fitted with the threshold on the same normal periods
+    (:mod:`edge_asd.evidence`); ``None`` in bundles from before it, or when the audio was too short
+    (``details["evidence_note"]`` says how much is needed)."""
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.value):
             raise ParameterError(f"threshold.value must be finite, got {self.value}")
+        if isinstance(self.evidence, Mapping):
+            object.__setattr__(self, "evidence", EvidenceRule.from_dict(self.evidence))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

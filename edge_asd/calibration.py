@@ -9,6 +9,12 @@ uncertain that threshold is for the amount of audio recorded.
 
 The rate is per *period*; the alarm's k-of-n debounce makes actual onset events rarer still, so
 the stated rate is an upper bound on false alarm events.
+
+The same periods, in stream order, calibrate the sequential evidence rule
+(:func:`edge_asd.evidence.fit_evidence_rule`). The user states one false-alarm rate for the device
+(:data:`DEFAULT_FALSE_ALARMS_PER_DAY`: one a week); :func:`fit_alarm_rules` gives each rule half
+of it, so that the two together stay within it. When the audio is too short for the evidence
+rule, the threshold takes the whole rate, and the record says how much audio the rule needs.
 """
 
 from __future__ import annotations
@@ -22,10 +28,17 @@ import numpy as np
 
 from edge_asd.alarm import PeriodAverager
 from edge_asd.errors import ParameterError
+from edge_asd.evidence import SECONDS_PER_WEEK, EvidenceRule, fit_evidence_rule
 
-__all__ = ["BundleCalibration", "CalibrationResult", "calibrate_bundle", "fit_threshold", "score_periods", "threshold_record", "SECONDS_PER_DAY", "MIN_PERIODS"]
+__all__ = ["BundleCalibration", "CalibrationResult", "AlarmRules", "calibrate_bundle", "fit_threshold", "fit_alarm_rules",
+           "score_periods", "threshold_record", "resolve_rate", "SECONDS_PER_DAY", "MIN_PERIODS", "DEFAULT_FALSE_ALARMS_PER_DAY",
+           "EVIDENCE_SHARE"]
 
 SECONDS_PER_DAY = 86_400.0
+DEFAULT_FALSE_ALARMS_PER_DAY = 1.0 / 7.0
+"""One false alarm a week for the device, both rules together: a rate a plant accepts."""
+EVIDENCE_SHARE = 0.5
+"""Share of the device's false-alarm rate given to the evidence rule; the threshold has the rest."""
 MIN_PERIODS = 10
 """Fewer normal periods than this cannot support a tail fit."""
 MIN_TAIL_POINTS = 5
@@ -193,6 +206,69 @@ def fit_threshold(
     )
 
 
+def resolve_rate(*, per_day: float | None, per_week: float | None) -> float:
+    """The device's false-alarm target in alarms per day from the CLI's two spellings (at most
+    one given; neither: :data:`DEFAULT_FALSE_ALARMS_PER_DAY`)."""
+    if per_day is not None and per_week is not None:
+        raise ParameterError("give --false-alarms-per-day or --false-alarms-per-week, not both")
+    rate = DEFAULT_FALSE_ALARMS_PER_DAY if per_day is None and per_week is None else (
+        per_day if per_day is not None else per_week * SECONDS_PER_DAY / SECONDS_PER_WEEK)
+    if not (math.isfinite(rate) and rate > 0):
+        raise ParameterError(f"the false-alarm rate must be > 0, got {rate!r}")
+    return float(rate)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlarmRules:
+    """Both alarm rules fitted on one series of normal period scores."""
+
+    threshold: CalibrationResult
+    evidence: EvidenceRule | None
+    evidence_note: str = ""
+    """Why there is no evidence rule (too little audio, and how much is needed); empty when there is one."""
+    false_alarms_per_day: float
+    """The device's target, both rules together."""
+
+    def statement(self) -> str:
+        head = f"false-alarm target {self.false_alarms_per_day * 7:g}/week for the device"
+        if self.evidence is None:
+            return "\n".join([head + ", all of it for the threshold", self.threshold.statement(),
+                              f"evidence rule: not fitted: {self.evidence_note}"])
+        return "\n".join([head + f": {1 - EVIDENCE_SHARE:.0%} for the threshold, {EVIDENCE_SHARE:.0%} for the evidence rule",
+                          self.threshold.statement(), "evidence rule: " + self.evidence.statement()])
+
+
+def fit_alarm_rules(
+    period_scores: Iterable[float],
+    *,
+    period_s: float,
+    false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
+    tail_fraction: float = DEFAULT_TAIL_FRACTION,
+    evidence: bool = True,
+) -> AlarmRules:
+    """Fit the threshold and the evidence rule for the device's ``false_alarms_per_day``.
+
+    ``period_scores`` are normal period scores in stream order. The evidence rule gets
+    :data:`EVIDENCE_SHARE` of the rate and the threshold the rest; without enough audio for the
+    evidence rule (or with ``evidence=False``) the threshold gets it all. Raises
+    :class:`ParameterError` when even the threshold cannot be fitted.
+    """
+    scores = np.asarray(list(period_scores), dtype=np.float64)
+    if not (math.isfinite(false_alarms_per_day) and false_alarms_per_day > 0):
+        raise ParameterError(f"false_alarms_per_day must be > 0, got {false_alarms_per_day}")
+    rule, note = None, "disabled"
+    if evidence:
+        try:
+            rule = fit_evidence_rule(scores, period_s=period_s,
+                                     false_alarms_per_week=EVIDENCE_SHARE * false_alarms_per_day * SECONDS_PER_WEEK / SECONDS_PER_DAY)
+            note = ""
+        except ParameterError as exc:
+            note = str(exc)
+    share = 1.0 - EVIDENCE_SHARE if rule is not None else 1.0
+    fit = fit_threshold(scores, period_s=period_s, false_alarms_per_day=share * false_alarms_per_day, tail_fraction=tail_fraction)
+    return AlarmRules(threshold=fit, evidence=rule, evidence_note=note, false_alarms_per_day=false_alarms_per_day)
+
+
 def score_periods(detector: Any, source: Any, *, period_s: float, max_seconds: float | None = None) -> tuple[np.ndarray, float]:
     """Score audio from ``source`` as the service does and return ``(period scores, audio seconds)``.
 
@@ -234,7 +310,7 @@ def score_periods(detector: Any, source: Any, *, period_s: float, max_seconds: f
 
 
 def threshold_record(
-    result: CalibrationResult,
+    result: "CalibrationResult | AlarmRules",
     *,
     input_desc: str,
     model: str,
@@ -249,10 +325,16 @@ def threshold_record(
     """
     from edge_asd.bundle import Threshold
 
+    rules = result if isinstance(result, AlarmRules) else None
+    result = result.threshold if rules is not None else result
     details = {k: v for k, v in dataclasses.asdict(result).items() if k not in ("threshold", "false_alarms_per_day", "period_s")}
     # JSON has no NaN: an interval that could not be computed is stored as null.
     details = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in details.items()}
     details.update({"input": input_desc, "model": model, "ci_level": CI_LEVEL, "statement": result.statement()})
+    if rules is not None:
+        details["device_false_alarms_per_day"] = rules.false_alarms_per_day
+        if rules.evidence is None:
+            details["evidence_note"] = rules.evidence_note
     return Threshold(
         value=result.threshold,
         method="gamma-tail-fit",
@@ -261,6 +343,7 @@ def threshold_record(
         period_s=result.period_s,
         details=details,
         calibrated_for=dict(calibrated_for or {}),
+        evidence=None if rules is None else rules.evidence,
     )
 
 
@@ -269,6 +352,7 @@ class BundleCalibration:
     """What :func:`calibrate_bundle` measured and wrote."""
 
     result: CalibrationResult
+    rules: AlarmRules
     previous: Any
     """The :class:`edge_asd.bundle.Threshold` the bundle had before."""
     input_desc: str
@@ -283,7 +367,7 @@ def calibrate_bundle(
     *,
     seconds: float,
     period_s: float,
-    false_alarms_per_day: float = 1.0,
+    false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
     tail_fraction: float = DEFAULT_TAIL_FRACTION,
     model: str = "int8",
     class_label: str | None = None,
@@ -292,8 +376,8 @@ def calibrate_bundle(
     """Set a bundle's threshold from normal audio, as ``edge-asd calibrate`` does.
 
     ``inp`` is an :class:`edge_asd.config.InputConfig` (microphone, wav file or folder); up to
-    ``seconds`` of it are scored in periods of ``period_s`` seconds and the threshold fitted for
-    ``false_alarms_per_day``. The previous threshold moves to the bundle's history (unless
+    ``seconds`` of it are scored in periods of ``period_s`` seconds and the threshold and the
+    evidence rule fitted for the device's ``false_alarms_per_day`` (:func:`fit_alarm_rules`). The previous threshold moves to the bundle's history (unless
     ``dry_run``). Raises the front end's and the source's errors, and :class:`ParameterError` when
     the audio holds fewer than :data:`MIN_PERIODS` periods.
     """
@@ -306,10 +390,10 @@ def calibrate_bundle(
     source = open_source(inp, sr=detector.config.sr, realtime=False)
     n_channels = source.n_channels
     scores, audio_s = score_periods(detector, source, period_s=period_s, max_seconds=seconds)
-    result = fit_threshold(scores, period_s=period_s, false_alarms_per_day=false_alarms_per_day, tail_fraction=tail_fraction)
+    rules = fit_alarm_rules(scores, period_s=period_s, false_alarms_per_day=false_alarms_per_day, tail_fraction=tail_fraction)
     what = describe_input(inp)
     if not dry_run:
         calibrated_for = {"period_s": period_s, "model": model, "class_label": class_label, "n_channels": n_channels}
-        update_threshold(bundle_path, threshold_record(result, input_desc=what, model=model, calibrated_for=calibrated_for))
-    return BundleCalibration(result=result, previous=detector.bundle.threshold, input_desc=what, audio_s=audio_s,
-                             written=not dry_run)
+        update_threshold(bundle_path, threshold_record(rules, input_desc=what, model=model, calibrated_for=calibrated_for))
+    return BundleCalibration(result=rules.threshold, rules=rules, previous=detector.bundle.threshold, input_desc=what,
+                             audio_s=audio_s, written=not dry_run)

@@ -13,6 +13,7 @@ import click
 import numpy as np
 
 from edge_asd import __version__
+from edge_asd.cli_options import false_alarm_rate_options
 from edge_asd.errors import EdgeASDError
 
 
@@ -178,25 +179,28 @@ def status(config_path, state_file, as_json) -> None:
               help="Device TOML: input settings and alarm.period_s.")
 @click.option("--seconds", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="Audio to record or read, seconds (files: at most this much).")
-@click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@false_alarm_rate_options
 @click.option("--period-s", type=click.FloatRange(min=0, min_open=True), help="Scoring period, seconds (default: the config's alarm.period_s).")
 @click.option("--tail-fraction", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="Fraction of the highest period scores the gamma is fitted to.")
 @click.option("--model", type=click.Choice(["int8", "float"]), default="int8", show_default=True)
 @click.option("--class-label", help="Machine class (neg_log_prob bundles).")
 @click.option("--dry-run", is_flag=True, help="Print the result; do not write the bundle.")
-def calibrate(bundle, input_spec, config_path, seconds, false_alarms_per_day, period_s, tail_fraction, model, class_label, dry_run) -> None:
-    """Set BUNDLE's threshold from normal audio recorded where the device is mounted.
+def calibrate(bundle, input_spec, config_path, seconds, false_alarms_per_week, false_alarms_per_day, period_s, tail_fraction, model,
+              class_label, dry_run) -> None:
+    """Set BUNDLE's threshold and evidence rule from normal audio recorded where the device is mounted.
 
-    The audio is scored as the service scores it; a gamma is fitted to the tail of the period
-    scores and the threshold is set for the requested false alarms per day. The previous threshold
-    is kept in the bundle's history. calibrate re-sets the threshold; enroll re-fits normalisation +
+    The audio is scored as the service scores it. A gamma is fitted to the tail of the period
+    scores for the threshold; the evidence rule (a CUSUM that hears small faults that persist) has
+    its alarm level simulated on the same periods. Together they are set for the requested false
+    alarms per week (default 1; half each). The previous threshold is kept in the bundle's history. calibrate re-sets the threshold; enroll re-fits normalisation +
     score scaling + threshold; 'enroll --rollback' returns to factory.
     """
-    from edge_asd.calibration import calibrate_bundle
+    from edge_asd.calibration import calibrate_bundle, resolve_rate
     from edge_asd.config import parse_input_spec
     from edge_asd.enrollment import describe_input
 
+    false_alarms_per_day = resolve_rate(per_day=false_alarms_per_day, per_week=false_alarms_per_week)
     config = _load_config(config_path)
     inp = parse_input_spec(input_spec, config.input) if input_spec else config.input
     click.echo(f"scoring up to {seconds:g} s of normal audio from {describe_input(inp)} ...", err=True)
@@ -204,7 +208,7 @@ def calibrate(bundle, input_spec, config_path, seconds, false_alarms_per_day, pe
                             false_alarms_per_day=false_alarms_per_day, tail_fraction=tail_fraction, model=model,
                             class_label=class_label or config.device.class_label, dry_run=dry_run)
     click.echo(f"{done.audio_s:.1f} s of audio, {done.result.n_periods} periods")
-    click.echo(done.result.statement())
+    click.echo(done.rules.statement())
     click.echo(f"previous threshold {done.previous.value:.6g} ({done.previous.method}, {done.previous.source})")
     click.echo("dry run: bundle not changed" if dry_run else f"threshold written to {Path(bundle) / 'bundle.json'}")
 
@@ -328,6 +332,23 @@ def info(bundle, no_model) -> None:
         click.echo(f"           {line}")
     if t.calibrated_for:
         click.echo("           calibrated for " + ", ".join(f"{k} {v}" for k, v in t.calibrated_for.items()))
+    if t.evidence is not None:
+        e = t.evidence
+        delay = e.delay_s(1.0)
+        click.echo(f"evidence   CUSUM, alarm level h {e.decision_level:.3g} (k {e.allowance:g}) for {e.false_alarms_per_week:g} "
+                   f"false alarm(s)/week at {e.period_s:g} s periods ({e.method})")
+        click.echo(f"           period scores standardised with mean {e.reference_mean:.6g}, sd {e.reference_std:.6g}")
+        if delay is not None:
+            click.echo(f"           expected time to detect a shift of 1 sd: {delay:.0f} s"
+                       + "".join(f"; {s} sd: {v:.0f} s" for s, v in dict(e.details.get("delay_s", {})).items() if s != "1" and v))
+        if e.details.get("extrapolated"):
+            click.echo("           the alarm level is extrapolated beyond the simulated rates (rarer than simulated)")
+        device_rate = t.details.get("device_false_alarms_per_day")
+        if device_rate:
+            click.echo(f"           device target {7 * float(device_rate):g} false alarm(s)/week, threshold and evidence rule together")
+    else:
+        click.echo("evidence   none: " + str(t.details.get("evidence_note") or "this threshold was set before the evidence rule existed")
+                   + "; 'edge-asd calibrate' with enough normal audio fits it")
     for old in t.history:
         click.echo(f"  earlier  {old.get('value'):.6g} ({old.get('method')}, from {old.get('source')}, {old.get('created')})")
     click.echo(f"score scale mean {b.score_scaling.mean:.6g}, std {b.score_scaling.std:.6g} (window scores are (raw - mean) / std)")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from edge_asd.cli_options import false_alarm_rate_options
+
 __all__ = ["enroll"]
 
 
@@ -21,7 +23,7 @@ __all__ = ["enroll"]
               help="Audio to record or read, seconds (files: at most this much).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Device TOML: input channels and rate, alarm.period_s, device.model and class_label.")
-@click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@false_alarm_rate_options
 @click.option("--period-s", type=click.FloatRange(min=0, min_open=True), help="Scoring period, seconds (default: the config's alarm.period_s).")
 @click.option("--model", type=click.Choice(["int8", "float"]), default=None, help="Model the service runs (default: the config's device.model).")
 @click.option("--class-label", help="Machine class (neg_log_prob bundles; default: the config's device.class_label).")
@@ -29,13 +31,13 @@ __all__ = ["enroll"]
 @click.option("--rollback", is_flag=True, help="Restore the factory normalisation, score scaling and threshold exactly.")
 @click.option("--selective", is_flag=True, help="Keep the factory values too: a window's score is the lower of its site "
               "and factory scores (sound like the training data or like the site is normal); the threshold is fitted on those.")
-def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_day, period_s, model, class_label, dry_run, rollback,
+def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_week, false_alarms_per_day, period_s, model, class_label, dry_run, rollback,
            selective) -> None:
     """Enroll BUNDLE on normal sound recorded where the device is mounted.
 
     Re-fits the feature normalisation (per-feature mean and std of the site's frames), the score
-    scaling (mean and std of the site's window scores) and the threshold for the false-alarm rate
-    (a gamma fit to the tail of the period scores, as calibrate). The factory values are kept:
+    scaling (mean and std of the site's window scores), the threshold and the evidence rule for
+    the false-alarm rate (as calibrate: one a week by default). The factory values are kept:
     --rollback restores them exactly. calibrate re-sets the threshold only.
 
     The audio is refused when it is silent, has a flat-lined channel, is clipped, cannot match
@@ -52,6 +54,9 @@ def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_day, perio
         restored = rollback_bundle(bundle)
         click.echo(f"factory values restored in {Path(bundle) / 'bundle.json'}: {_summary(restored.enrollment.factory)}")
         return
+    from edge_asd.calibration import resolve_rate
+
+    false_alarms_per_day = resolve_rate(per_day=false_alarms_per_day, per_week=false_alarms_per_week)
     config = _load_config(config_path)
     inp = parse_input_spec(input_spec, config.input) if input_spec else config.input
     period = period_s or config.alarm.period_s
@@ -66,7 +71,7 @@ def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_day, perio
     click.echo(f"with the factory values {result.factory_exceedances} of {a['factory_on_site']['n_periods']} site periods "
                f"were above the threshold ({a['factory_on_site']['threshold']:.6g})")
     click.echo(f"site      {_summary(result.site.values)}")
-    click.echo(result.calibration.statement())
+    click.echo(result.rules.statement())
     if dry_run:
         click.echo("dry run: bundle not changed")
         return

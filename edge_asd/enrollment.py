@@ -17,7 +17,7 @@ bundle's rate: 38 MB for 10 minutes at 16 kHz) so that every later step sees the
 2. score scaling: mean and std of the site's window scores under that normalisation;
 3. threshold: the site's period scores, scored as the service scores them
    (:func:`edge_asd.calibration.score_periods`), and a gamma tail fit for the false-alarm rate
-   (:func:`edge_asd.calibration.fit_threshold`), as ``calibrate`` does.
+   and the sequential evidence rule (:func:`edge_asd.calibration.fit_alarm_rules`), as ``calibrate`` does.
 
 A bundle whose scoring back end has a site slot (:mod:`edge_asd.backends`: the k-NN site bank,
 selective Mahalanobis' target statistics) also gets it filled from the site's windows. A window
@@ -44,7 +44,7 @@ from edge_asd.bundle import (
     BackendRef, Bundle, Enrollment, EnrollmentValues, Normalization, ScoreScaling, SiteEnrollment, file_sha256, read_bundle,
     write_bundle,
 )
-from edge_asd.calibration import MIN_PERIODS, CalibrationResult, fit_threshold, score_periods, threshold_record
+from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, MIN_PERIODS, AlarmRules, CalibrationResult, fit_alarm_rules, score_periods, threshold_record
 from edge_asd.errors import AudioFileError, BundleError, ParameterError
 from edge_asd.machine_state import frame_level_record
 from edge_asd.signal_quality import SignalStats, SignalSummary, channel_correlation, check_enrollment_audio
@@ -75,6 +75,8 @@ class EnrollmentResult:
     """The bundle with the site values active (written unless a dry run)."""
     site: SiteEnrollment
     calibration: CalibrationResult
+    rules: AlarmRules
+    """Both alarm rules fitted on the site's periods (``calibration`` is their threshold part)."""
     factory_exceedances: int
     """Site periods above the factory threshold with the factory values."""
     n_periods: int
@@ -180,7 +182,7 @@ def enroll_bundle(
     *,
     seconds: float,
     period_s: float,
-    false_alarms_per_day: float = 1.0,
+    false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
     model: str = "int8",
     class_label: str | None = None,
     dry_run: bool = False,
@@ -200,7 +202,7 @@ def enroll_bundle(
     period_s
         Scoring period of the service, seconds (the threshold is for period means).
     false_alarms_per_day
-        Target rate of normal periods above the threshold, per day.
+        The device's false-alarm target per day, both alarm rules together (:func:`edge_asd.calibration.fit_alarm_rules`).
     model, class_label
         The model the service runs (``int8`` / ``float``) and its machine class (``neg_log_prob``).
     selective
@@ -283,11 +285,12 @@ def enroll_bundle(
             for half, other in ((site_slot.halves[0], site_slot.backends[1]), (site_slot.halves[1], site_slot.backends[0]))
         ])
     try:
-        fit = fit_threshold(periods, period_s=period_s, false_alarms_per_day=false_alarms_per_day)
+        rules = fit_alarm_rules(periods, period_s=period_s, false_alarms_per_day=false_alarms_per_day)
     except ParameterError as exc:
         raise ParameterError(f"{where}: {exc}") from exc
+    fit = rules.threshold
     calibrated_for = {"period_s": period_s, "model": model, "class_label": class_label, "n_channels": inp.channels}
-    threshold = threshold_record(fit, input_desc=where, model=model, source="enrollment", calibrated_for=calibrated_for)
+    threshold = threshold_record(rules, input_desc=where, model=model, source="enrollment", calibrated_for=calibrated_for)
     threshold = bundle.threshold.superseded_by(threshold)
 
     site_ref, site_file = factory_ref, None
@@ -329,7 +332,7 @@ def enroll_bundle(
     if not dry_run:
         write_bundle(new)
         _remove_site_backends(bundle.path, keep=site_file)
-    return EnrollmentResult(bundle=new, site=site, calibration=fit, factory_exceedances=factory_exceedances,
+    return EnrollmentResult(bundle=new, site=site, calibration=fit, rules=rules, factory_exceedances=factory_exceedances,
                             n_periods=int(periods.size), written=not dry_run)
 
 

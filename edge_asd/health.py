@@ -43,8 +43,8 @@ from typing import Any, Callable, Literal, Mapping
 
 from edge_asd.config import HealthConfig
 from edge_asd.errors import ConfigError, EdgeASDError
-from edge_asd.mqtt_discovery import MACHINE_STATES, LiveState, apply_event, apply_period, machine_state
-from edge_asd.sinks import _utc_iso
+from edge_asd.mqtt_discovery import MACHINE_STATES, LiveState, apply_event, apply_period, evidence_attributes, machine_state
+from edge_asd.sinks import utc_iso
 
 __all__ = [
     "HealthError",
@@ -202,6 +202,9 @@ class HealthSnapshot:
     """Events held in memory because the store cannot be written."""
     metrics_url: str | None
     """The Prometheus endpoint, when one is served."""
+    evidence: float | None = None
+    """Evidence of a small persistent fault, as a share (0-1) of the evidence rule's alarm level
+    (``None``: the bundle has no evidence rule)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,6 +227,8 @@ class HealthSnapshot:
         values = {}
         for f in dataclasses.fields(cls):
             if f.name not in raw:
+                if f.default is not dataclasses.MISSING:
+                    continue  # a field newer than the writer
                 raise HealthError(f"missing key {f.name!r}")
             value = raw[f.name]
             if not _has_type(value, hints[f.name]):
@@ -358,6 +363,8 @@ def format_status(status: HealthStatus) -> str:
     state = s.state + (f" ({s.state_reason})" if s.state_reason else "")
     row("state", state + (f" since {s.state_since_utc}" if s.state_since_utc else ""))
     row("anomaly", "ALARM (an onset without its back-to-normal yet)" if s.anomaly else "no")
+    row("evidence", "no evidence rule in the bundle" if s.evidence is None else
+        f"{100 * s.evidence:.0f} % of the alarm level (small persistent shift of the period scores)")
     if s.last_period_utc is None:
         row("last period", "none yet")
     else:
@@ -417,6 +424,7 @@ class HealthWriter:
         self._stats: Any = None
         self._queue = (0, 0)
         self._alarm = False
+        self._evidence: float | None = None
         self._threshold = float(bundle.threshold)
         self._last_period_utc: str | None = None
         self._last_period_decided: bool | None = None
@@ -429,11 +437,14 @@ class HealthWriter:
         """The last snapshot written (what the metrics endpoint serves)."""
 
     # -- what the service pushes in ----------------------------------------------------------------
-    def update(self, stats: Any, *, queue_depth: int, queue_capacity: int, alarm: bool, threshold: float) -> None:
+    def update(self, stats: Any, *, queue_depth: int, queue_capacity: int, alarm: bool, threshold: float,
+               evidence: float | None = None) -> None:
         """The service's counters (a :class:`~edge_asd.service.ServiceStats`, read when writing),
-        the capture queue's fill, the alarm state and the threshold in force; writes when the
-        write interval has passed. Cheap: call it at every turn of the loop."""
+        the capture queue's fill, the alarm state, the threshold in force and the evidence (share
+        of its alarm level, ``None`` without an evidence rule); writes when the write interval has
+        passed. Cheap: call it at every turn of the loop."""
         self._stats = stats
+        self._evidence = None if evidence is None else float(evidence)
         self._queue = (int(queue_depth), int(queue_capacity))
         changed = bool(alarm) != self._alarm or float(threshold) != self._threshold
         self._alarm, self._threshold = bool(alarm), float(threshold)
@@ -453,10 +464,12 @@ class HealthWriter:
     def on_period(self, result: Any, threshold: float) -> None:
         """A closed period (an :class:`edge_asd.alarm.PeriodResult`): written at once."""
         self._live = apply_period(self._live, score=result.score, threshold=threshold, start_s=result.start_s,
-                                  end_s=result.end_s, decided=result.decided, anomalous=result.anomalous, reason=result.reason)
+                                  end_s=result.end_s, decided=result.decided, anomalous=result.anomalous, reason=result.reason,
+                                  evidence=result.evidence_fraction, evidence_attributes=evidence_attributes(result))
         self._threshold = float(threshold)
         self._alarm = bool(result.alarm)
-        self._last_period_utc = _utc_iso(time.time())
+        self._evidence = result.evidence_fraction
+        self._last_period_utc = utc_iso(time.time())
         self._last_period_decided = bool(result.decided)
         self.write()
 
@@ -495,8 +508,8 @@ class HealthWriter:
         score = live.score if live.score is not None and math.isfinite(live.score) else None
         return HealthSnapshot(
             service=service, pid=os.getpid(), device_id=self.device_id, version=self._version,
-            started_utc=_utc_iso(self._started_unix), started_unix=round(self._started_unix, 3),
-            written_utc=_utc_iso(now), written_unix=round(now, 3), uptime_s=round(self._clock() - self._started_mono, 3),
+            started_utc=utc_iso(self._started_unix), started_unix=round(self._started_unix, 3),
+            written_utc=utc_iso(now), written_unix=round(now, 3), uptime_s=round(self._clock() - self._started_mono, 3),
             write_interval_s=self.write_interval_s, bundle=self.bundle.path, model=self.bundle.model,
             threshold=self._threshold,
             threshold_set_by=self.bundle.threshold_set_by, threshold_method=self.bundle.threshold_method,
@@ -508,6 +521,7 @@ class HealthWriter:
             dropped_blocks=int(get("dropped_blocks")), input_overflows=int(get("overflows")), gaps=int(get("gaps")),
             sensor_losses=int(get("sensor_losses")), queue_depth=self._queue[0], queue_capacity=self._queue[1],
             outbox=outbox, pending_in_memory=pending, metrics_url=self.metrics_url,
+            evidence=None if self._evidence is None else round(self._evidence, 4),
         )
 
     def write(self, *, service: Literal["running", "stopped"] = "running") -> HealthSnapshot | None:
@@ -609,6 +623,8 @@ METRICS: tuple[_Metric, ...] = (
     _Metric("edge_asd_period_score", "gauge", "Score of the last closed period (NaN before the first).",
             lambda s: s.last_score),
     _Metric("edge_asd_anomaly", "gauge", "1 while an anomaly alarm is open, else 0.", lambda s: float(s.anomaly)),
+    _Metric("edge_asd_evidence_ratio", "gauge", "Evidence of a small persistent fault as a share of the evidence "
+            "rule's alarm level, 0-1 (absent without an evidence rule).", lambda s: s.evidence),
     _Metric("edge_asd_periods", "counter", "Scoring periods closed.", lambda s: s.periods),
     _Metric("edge_asd_windows", "counter", "Model windows scored.", lambda s: s.windows),
     _Metric("edge_asd_events", "counter", "Events raised (alarms, state changes).", lambda s: s.events),

@@ -11,7 +11,9 @@ Topics under ``<topic_prefix>/<device id>`` (see :class:`DeviceTopics`):
 - ``state``: ``starting``, ``running``, ``idle`` or ``sensor_fault``, retained;
 - ``anomaly``: ``ON`` while an anomaly alarm is open (from onset to back-to-normal), else ``OFF``;
 - ``score``: the last period score (a number), retained;
-- ``<state|anomaly|score>/attributes``: JSON with the context of each (threshold, reason, ids).
+- ``evidence``: the evidence of a small persistent fault, percent of the alarm level (0-100), retained;
+- ``<state|anomaly|score|evidence>/attributes``: JSON with the context of each (threshold, reason,
+  ids, the evidence statistic and its alarm level).
 
 The current state is retained, so a dashboard that subscribes later shows it at once. It is a
 level, not an event: each new value replaces the last, and the forwarder publishes the whole
@@ -40,6 +42,7 @@ __all__ = [
     "discovery_messages",
     "apply_event",
     "apply_period",
+    "evidence_attributes",
     "machine_state",
     "state_messages",
 ]
@@ -97,6 +100,11 @@ class DeviceTopics:
         return f"{self.base}/score"
 
     @property
+    def evidence(self) -> str:
+        """Evidence of a small persistent fault, percent of the evidence rule's alarm level."""
+        return f"{self.base}/evidence"
+
+    @property
     def command(self) -> str:
         """Operator commands to the device (``mqtt.remote_commands``, :mod:`edge_asd.remote`)."""
         return f"{self.base}/command"
@@ -117,11 +125,12 @@ def _device_block(device_id: str, sw_version: str) -> dict[str, Any]:
 def discovery_messages(*, topics: DeviceTopics, discovery_prefix: str, sw_version: str) -> list[Message]:
     """The retained Home Assistant discovery configs of one device.
 
-    Three entities on one HA device (``identifiers`` from the device id): a ``binary_sensor``
+    Four entities on one HA device (``identifiers`` from the device id): a ``binary_sensor``
     ``anomaly`` (device class ``problem``: on while an anomaly alarm is open), a ``sensor``
-    ``score`` (the period score, the threshold among its attributes) and an enum ``sensor``
+    ``score`` (the period score, the threshold among its attributes), a ``sensor`` ``evidence``
+    (percent of the evidence rule's alarm level: 100 % raises an onset) and an enum ``sensor``
     ``state`` (:data:`MACHINE_STATES`). Each ``unique_id`` is ``edge-asd-<device id>-<object id>``,
-    so it stays the same across restarts and reinstalls of the same device. All three are
+    so it stays the same across restarts and reinstalls of the same device. All four are
     unavailable while the status topic says ``offline``.
     """
     device = _device_block(topics.device_id, sw_version)
@@ -143,6 +152,11 @@ def discovery_messages(*, topics: DeviceTopics, discovery_prefix: str, sw_versio
         ("sensor", "score", {
             "name": "Score", "state_topic": topics.score, "state_class": "measurement",
             "suggested_display_precision": 2, "json_attributes_topic": DeviceTopics.attributes(topics.score),
+        }),
+        ("sensor", "evidence", {
+            "name": "Evidence", "state_topic": topics.evidence, "state_class": "measurement",
+            "unit_of_measurement": "%", "suggested_display_precision": 0, "icon": "mdi:chart-bell-curve-cumulative",
+            "json_attributes_topic": DeviceTopics.attributes(topics.evidence),
         }),
         ("sensor", "state", {
             "name": "State", "device_class": "enum", "options": list(MACHINE_STATES),
@@ -183,6 +197,10 @@ class LiveState:
     """The last period's score (``None`` before the first, or when it had no valid window)."""
     score_attributes: Mapping[str, Any] | None = None
     """Threshold and context of the last period."""
+    evidence: float | None = None
+    """Evidence after the last period, share (0-1) of the evidence rule's alarm level (``None``: no rule)."""
+    evidence_attributes: Mapping[str, Any] | None = None
+    """The statistic and its alarm level (standard deviations of the normal period scores)."""
 
 
 def machine_state(live: LiveState) -> str:
@@ -224,14 +242,15 @@ def apply_event(live: LiveState, *, kind: str, event_id: str, time_utc: str,
 
 
 def apply_period(live: LiveState, *, score: float, threshold: float, start_s: float, end_s: float,
-                 decided: bool, anomalous: bool, reason: str = "") -> LiveState:
+                 decided: bool, anomalous: bool, reason: str = "", evidence: float | None = None,
+                 evidence_attributes: Mapping[str, Any] | None = None) -> LiveState:
     """The state after a closed period: its score and, as attributes, the threshold and context."""
     attributes: dict[str, Any] = {"threshold": float(threshold), "start_s": round(start_s, 3), "end_s": round(end_s, 3),
                                   "decided": decided, "anomalous": anomalous}
     if not decided:
         attributes["reason"] = reason
     return dataclasses.replace(live, started=True, score=score if math.isfinite(score) else None,
-                               score_attributes=attributes)
+                               score_attributes=attributes, evidence=evidence, evidence_attributes=evidence_attributes)
 
 
 def _json(value: Mapping[str, Any]) -> str:
@@ -259,4 +278,15 @@ def state_messages(topics: DeviceTopics, live: LiveState) -> list[Message]:
         if live.score is not None:
             out.append(Message(topics.score, format(float(live.score), ".6g"), True, STATE_QOS))
         out.append(Message(DeviceTopics.attributes(topics.score), _json(live.score_attributes), True, STATE_QOS))
+    if live.evidence is not None:
+        out.append(Message(topics.evidence, format(100 * float(live.evidence), ".1f"), True, STATE_QOS))
+        out.append(Message(DeviceTopics.attributes(topics.evidence), _json(live.evidence_attributes or {}), True, STATE_QOS))
     return out
+
+
+def evidence_attributes(result: Any) -> dict[str, Any] | None:
+    """The ``evidence`` topic's attributes from a closed period (``None`` without an evidence rule)."""
+    if result.evidence is None:
+        return None
+    return {"statistic": round(float(result.evidence), 4), "alarm_level": round(float(result.evidence_level), 4),
+            "end_s": round(float(result.end_s), 3)}

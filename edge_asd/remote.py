@@ -6,7 +6,7 @@ can publish to the command topic can change what the detector listens for. Comma
 objects on ``<topic_prefix>/<device id>/command``::
 
     {"id": "op-17", "command": "status"}
-    {"id": "op-18", "command": "calibrate", "seconds": 600, "false_alarms_per_day": 1}
+    {"id": "op-18", "command": "calibrate", "seconds": 600, "false_alarms_per_week": 1}
     {"id": "op-19", "command": "enroll", "seconds": 600, "selective": false}
     {"id": "op-20", "command": "reload"}
     {"id": "op-21", "command": "reload", "bundle": "/var/lib/edge-asd/incoming/v7"}
@@ -47,6 +47,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY
 from edge_asd.errors import EdgeASDError
 
 __all__ = ["COMMANDS", "Command", "CommandError", "CommandOutcome", "RemoteOperations", "exchange_dirs",
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 COMMANDS = ("status", "calibrate", "enroll", "reload")
 MAX_COMMAND_BYTES = 4096
 MAX_RECORD_S = 3600.0
+REMOTE_RATE_PER_WEEK = (0.1, 168.0)
+"""False-alarm targets a remote calibrate / enroll may set, per week: one in ten weeks to one an hour."""
 """Longest remote calibrate / enroll recording, seconds."""
 DISK_MARGIN_BYTES = 16 * 1024 * 1024
 """Space left free below the bundle's folder after a remote recording, bytes."""
@@ -76,7 +79,8 @@ class Command:
     name: str
     seconds: float | None = None
     """calibrate / enroll: audio to record from the running stream, seconds."""
-    false_alarms_per_day: float = 1.0
+    false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY
+    """The device's false-alarm target, both alarm rules together."""
     selective: bool = False
     """enroll: as ``edge-asd enroll --selective``."""
     bundle: Path | None = None
@@ -120,7 +124,8 @@ def parse_command(payload: bytes | str) -> Command:
     name = raw.get("command")
     if name not in COMMANDS:
         raise CommandError(f'command {command_id}: "command" must be one of {list(COMMANDS)}, got {name!r}')
-    allowed = {"id", "command"} | {"calibrate": {"seconds", "false_alarms_per_day"}, "enroll": {"seconds", "false_alarms_per_day", "selective"},
+    rates = {"false_alarms_per_day", "false_alarms_per_week"}
+    allowed = {"id", "command"} | {"calibrate": {"seconds", *rates}, "enroll": {"seconds", "selective", *rates},
                                     "reload": {"bundle"}, "status": set()}[name]
     unknown = sorted(set(raw) - allowed)
     if unknown:
@@ -129,9 +134,18 @@ def parse_command(payload: bytes | str) -> Command:
     if name in ("calibrate", "enroll"):
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_RECORD_S:
             raise CommandError(f'command {command_id}: {name} needs "seconds" in (0, {MAX_RECORD_S:g}], got {seconds!r}')
-    rate = raw.get("false_alarms_per_day", 1.0)
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
-        raise CommandError(f'command {command_id}: "false_alarms_per_day" must be a number > 0, got {rate!r}')
+    if rates <= set(raw):
+        raise CommandError(f'command {command_id}: give "false_alarms_per_day" or "false_alarms_per_week", not both')
+    key = "false_alarms_per_week" if "false_alarms_per_week" in raw else "false_alarms_per_day"
+    given = raw.get(key, DEFAULT_FALSE_ALARMS_PER_DAY * (7 if key == "false_alarms_per_week" else 1))
+    if isinstance(given, bool) or not isinstance(given, (int, float)) or not math.isfinite(given):
+        raise CommandError(f'command {command_id}: "{key}" must be a number, got {given!r}')
+    rate = float(given) / (7 if key == "false_alarms_per_week" else 1)
+    # A remote command must not be able to switch detection off (a rate of 1e-300 sets an
+    # unreachable threshold) nor flood the operator: the rate stays within bounds a plant uses.
+    if not REMOTE_RATE_PER_WEEK[0] <= 7 * rate <= REMOTE_RATE_PER_WEEK[1]:
+        raise CommandError(f'command {command_id}: "{key}" must be between {REMOTE_RATE_PER_WEEK[0]:g} and '
+                           f'{REMOTE_RATE_PER_WEEK[1]:g} false alarms per week, got {given!r}')
     selective = raw.get("selective", False)
     if not isinstance(selective, bool):
         raise CommandError(f'command {command_id}: "selective" must be true or false, got {selective!r}')

@@ -257,6 +257,18 @@ class ServiceStats:
         return self.processing_s / audio if audio else math.nan
 
 
+def _rule_key(rule: Any) -> str:
+    """Identifies an evidence rule: saved evidence is resumed only under the rule that gathered it."""
+    return f"{rule.reference_mean:.9g}/{rule.reference_std:.9g}/{rule.decision_level:.9g}/{rule.shift_sd:g}"
+
+
+def _utc_before(seconds: float) -> str:
+    """The UTC time ``seconds`` before now, formatted as event times are."""
+    from edge_asd.sinks import utc_iso
+
+    return utc_iso(time.time() - max(0.0, seconds))
+
+
 class Service:
     """The running detector. Build with :func:`run_service` or directly for tests.
 
@@ -305,7 +317,7 @@ class Service:
         self.threshold_warning = ""
         """Set by :func:`run_service` for a threshold never set on site; shown in the READY status."""
         self.scorer = StreamingScorer(detector, n_channels=source.n_channels)
-        self.alarm = AlarmLogic(config.alarm, threshold=detector.threshold_)
+        self.alarm = AlarmLogic(config.alarm, threshold=detector.threshold_, evidence=detector.bundle.threshold.evidence)
         self.quality, self.machine = build_monitors(config, detector, n_channels=source.n_channels)
         self._excluded = ExcludedStretches(memory_s=sum(self.scorer.window_reach_s) + 10 * config.input.block_s)
         self._queue: queue.Queue = queue.Queue(maxsize=config.input.queue_blocks)
@@ -407,6 +419,8 @@ class Service:
                 "n_windows": result.n_windows, "anomalous": result.anomalous, "alarm": result.alarm, "decided": result.decided,
                 **({"reason": result.reason, "n_invalid": result.n_invalid} if not result.decided else {}),
             }, sort_keys=True, separators=(",", ":")))
+        if result.decided:
+            self._save_evidence()
         # Before the period's event: a dashboard sees the score that raised an onset with it.
         for sink in self.sinks:
             if hasattr(sink, "on_period"):
@@ -431,6 +445,7 @@ class Service:
                 "recovery_m": self.config.alarm.recovery_m,
                 "model_sha256": self.detector.bundle.model.sha256.get(self.detector.which, ""),
                 **onset_id,
+                **self._evidence_details(result),
             },
         )
         self._open_onset_id = event.id if result.event == EVENT_ONSET else None
@@ -439,6 +454,33 @@ class Service:
         for sink in self.sinks:
             sink.emit(event)
 
+    def _evidence_details(self, result: PeriodResult) -> dict[str, Any]:
+        """What an event says of the rules: which fired, and the evidence with its alarm level."""
+        rule = self.alarm.evidence_rule
+        out: dict[str, Any] = {}
+        if result.rules:
+            out["rules"] = list(result.rules)
+        if rule is None:
+            return out
+        out.update({"evidence": round(float(result.evidence or 0.0), 4), "evidence_level": round(rule.decision_level, 4),
+                    "evidence_fraction": round(float(result.evidence_fraction or 0.0), 4),
+                    "evidence_false_alarms_per_week": rule.false_alarms_per_week})
+        if result.shift_start_s is not None:
+            out["shift_start_s"] = round(result.shift_start_s, 3)
+            out["shift_sd"] = None if result.shift_sd is None else round(result.shift_sd, 4)
+            out["shift_start_utc"] = _utc_before(result.end_s - result.shift_start_s)
+        return out
+
+    def _save_evidence(self) -> None:
+        """Persist the evidence with the alarm state (a restart within ``alarm.evidence_max_gap_s`` resumes it)."""
+        cusum = self.alarm.cusum
+        if self.store is None or cusum is None:
+            return
+        try:
+            self.store.save_evidence(self.config.device.id, statistic=cusum.statistic, rule=_rule_key(cusum.rule))
+        except Exception as exc:  # detection must go on; the next period tries again
+            log.warning("cannot save the evidence state: %s", exc)
+
     def _handle_status(self, status: _SourceStatus) -> None:
         """Raise a ``sensor_lost`` / ``sensor_back`` event (decisions pause meanwhile: no audio)."""
         from edge_asd.sinks import Event
@@ -446,6 +488,10 @@ class Service:
         self._sensor_lost = status.kind == "sensor_lost"
         if status.kind == "sensor_lost":
             self.stats.sensor_losses += 1
+            # The sound after a lost device may come through another microphone or position:
+            # evidence gathered before it says nothing about what follows.
+            self.alarm.reset_evidence()
+            self._save_evidence()
         elif status.kind == "sensor_back":
             self.stats.outage_s += float(status.details.get("outage_s", 0.0))
         event = Event.create(
@@ -506,6 +552,31 @@ class Service:
         log.info("resuming the open alarm (onset %s at %s): the next event is its back-to-normal",
                  open_alarm["onset_id"], open_alarm["time_utc"])
 
+    def _resume_evidence(self) -> None:
+        """Continue the evidence saved by the last run if it stopped at most ``alarm.evidence_max_gap_s``
+        ago with the same rule; otherwise start afresh (at the alarm level during an open alarm)."""
+        cusum = self.alarm.cusum
+        if self.store is None or cusum is None:
+            return
+        try:
+            saved = self.store.saved_evidence(self.config.device.id)
+        except Exception as exc:
+            log.warning("cannot read the saved evidence (%s): starting afresh", exc)
+            return
+        if saved is None:
+            return
+        gap = time.time() - saved["updated"]
+        if saved["rule"] != _rule_key(cusum.rule):
+            log.info("saved evidence was gathered under another evidence rule: starting afresh")
+        elif not 0 <= gap <= self.config.alarm.evidence_max_gap_s:
+            log.info("saved evidence is %.0f s old (alarm.evidence_max_gap_s = %g): starting afresh", gap,
+                     self.config.alarm.evidence_max_gap_s)
+        else:
+            self.alarm.restore_evidence(saved["statistic"])
+            log.info("resuming the evidence of the last run: %.3g of %.3g (saved %.0f s ago)", cusum.statistic,
+                     cusum.rule.decision_level, gap)
+        self._save_evidence()
+
     def run(self) -> int:
         """Run until the source ends or a stop is requested; return the exit code.
 
@@ -513,6 +584,7 @@ class Service:
         (logged with its traceback). An :class:`EdgeASDError` from capture is raised.
         """
         self._resume_open_alarm()
+        self._resume_evidence()
         self._update_health()  # "starting", before the seconds of warm-up
         self._warm_up()
         self._thread.start()
@@ -594,7 +666,8 @@ class Service:
 
         self.detector = detector
         self.scorer = self.scorer.switched_to(detector)
-        self.alarm.threshold = detector.threshold_
+        self.alarm.set_rules(threshold=detector.threshold_, evidence=detector.bundle.threshold.evidence)
+        self._save_evidence()
         if self.health is not None:
             self.health.set_bundle(bundle_info(detector.bundle, model=detector.which), threshold=detector.threshold_)
         log.info("now running %s (threshold %.4g)", detector.bundle.path, detector.threshold_)
@@ -602,8 +675,10 @@ class Service:
     def _update_health(self) -> None:
         """Push the counters into the health writer (it writes when its interval has passed)."""
         if self.health is not None:
+            cusum = self.alarm.cusum
             self.health.update(self.stats, queue_depth=self._queue.qsize(), queue_capacity=self._queue.maxsize,
-                               alarm=self.alarm.alarm, threshold=self.alarm.threshold)
+                               alarm=self.alarm.alarm, threshold=self.alarm.threshold,
+                               evidence=None if cusum is None else cusum.fraction)
 
     def _retry_store(self) -> None:
         """Write events the store holds in memory (it throttles itself); never let it stop detection."""
@@ -727,6 +802,9 @@ def check_threshold_setting(bundle: Any, config: Any, *, n_channels: int) -> str
     if t.source == "training":
         return (f"the threshold of {bundle.path} was set on training audio, never calibrated or enrolled on site; "
                 "expect a false-alarm rate other than stated: run 'edge-asd enroll' (or 'edge-asd calibrate')")
+    if t.evidence is None and config.alarm.evidence:
+        return (f"the threshold of {bundle.path} has no evidence rule ({t.details.get('evidence_note') or 'set before it existed'}): "
+                "small faults that persist are not heard; run 'edge-asd calibrate' with enough normal audio")
     return ""
 
 

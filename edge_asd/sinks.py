@@ -27,7 +27,7 @@ from typing import Any, Callable, Mapping, Protocol, TextIO
 
 from edge_asd import __version__
 from edge_asd.errors import ConfigError, EdgeASDError
-from edge_asd.mqtt_discovery import (DeviceTopics, LiveState, apply_event, apply_period, discovery_messages,
+from edge_asd.mqtt_discovery import (DeviceTopics, LiveState, apply_event, apply_period, discovery_messages, evidence_attributes,
                                      state_messages)
 
 __all__ = ["Event", "Sink", "StdoutSink", "SQLiteStore", "MqttForwarder", "StoreError", "new_event_id"]
@@ -72,7 +72,7 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-def _utc_iso(t: float) -> str:
+def utc_iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int((t % 1) * 1000):03d}Z"
 
 
@@ -94,7 +94,7 @@ class Event:
 
     @classmethod
     def create(cls, **kwargs: Any) -> "Event":
-        return cls(id=new_event_id(), time_utc=_utc_iso(time.time()), **kwargs)
+        return cls(id=new_event_id(), time_utc=utc_iso(time.time()), **kwargs)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "event", **asdict(self)}
@@ -181,6 +181,12 @@ CREATE TABLE IF NOT EXISTS open_alarm (
     onset_id TEXT NOT NULL,
     time_utc TEXT NOT NULL,
     stream_time_s REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS evidence_state (
+    device TEXT PRIMARY KEY,
+    statistic REAL NOT NULL,
+    rule TEXT NOT NULL,
+    updated REAL NOT NULL
 );
 """
 
@@ -369,6 +375,30 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: cannot read the open alarm ({exc})") from exc
         return None if row is None else {"onset_id": str(row[0]), "time_utc": str(row[1]), "stream_time_s": float(row[2])}
+
+    def save_evidence(self, device: str, *, statistic: float, rule: str) -> None:
+        """Keep ``device``'s evidence statistic (and the rule it belongs to) with the time now; a
+        store that cannot be written is skipped quietly (the next period writes again)."""
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                with self._db:
+                    self._db.execute("INSERT OR REPLACE INTO evidence_state (device, statistic, rule, updated) VALUES (?, ?, ?, ?)",
+                                     (device, float(statistic), rule, time.time()))
+            except sqlite3.Error as exc:
+                log.debug("event store %s: cannot save the evidence (%s)", self.path, exc)
+
+    def saved_evidence(self, device: str) -> dict[str, Any] | None:
+        """``{"statistic", "rule", "updated"}`` saved for ``device`` (``updated``: Unix time, seconds), or ``None``."""
+        with self._lock:
+            if self._db is None:
+                return None
+            try:
+                row = self._db.execute("SELECT statistic, rule, updated FROM evidence_state WHERE device = ?", (device,)).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot read the saved evidence ({exc})") from exc
+        return None if row is None else {"statistic": float(row[0]), "rule": str(row[1]), "updated": float(row[2])}
 
     def _prune(self) -> None:
         self._last_prune = time.monotonic()
@@ -721,7 +751,9 @@ class MqttForwarder:
         threshold and the period's context as attributes."""
         self._update_live(lambda live: apply_period(live, score=result.score, threshold=threshold, start_s=result.start_s,
                                                     end_s=result.end_s, decided=result.decided,
-                                                    anomalous=result.anomalous, reason=result.reason))
+                                                    anomalous=result.anomalous, reason=result.reason,
+                                                    evidence=result.evidence_fraction,
+                                                    evidence_attributes=evidence_attributes(result)))
 
     def _initial_live_state(self) -> Any:
         """``starting``, with the anomaly on if the store holds an alarm the service will resume."""

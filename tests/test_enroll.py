@@ -138,13 +138,17 @@ def test_bad_score_scaling_is_a_bundle_error_naming_bundle_json(tiny_bundle, tmp
         read_bundle(path)
 
 
-def test_new_bundle_has_score_scaling_and_a_threshold_fitted_for_one_false_alarm_a_day(quiet_bundle, tmp_path):
+def test_new_bundle_has_score_scaling_and_a_threshold_fitted_for_one_false_alarm_a_week(quiet_bundle, tmp_path):
     b = read_bundle(quiet_bundle)
     assert b.score_scaling.std > 0 and b.score_scaling != ScoreScaling()
     t = b.threshold
     assert t.source == "training" and t.method == "gamma-tail-fit", t.details.get("statement")
-    assert t.false_alarms_per_day == 1.0 and t.period_s == 10.0 and t.details["n_periods"] >= 10
-    assert "1 false alarm(s)/day" in t.details["statement"]
+    assert t.details["device_false_alarms_per_day"] == pytest.approx(1 / 7)
+    # The evidence rule takes half the device's rate; too few validation periods for it: all for the threshold.
+    share = 1.0 if t.evidence is None else 0.5
+    assert t.false_alarms_per_day == pytest.approx(share / 7) and t.period_s == 10.0 and t.details["n_periods"] >= 10
+    if t.evidence is None:
+        assert "too few for the evidence rule" in t.details["evidence_note"]
     assert b.enrollment is not None and b.enrollment.active == "factory" and b.enrollment.site is None
     assert b.enrollment.factory.threshold == t and b.enrollment.factory.score_scaling == b.score_scaling
     # Standardised: normal window scores of unseen clips sit near 0 in units of one std.
@@ -155,7 +159,8 @@ def test_new_bundle_has_score_scaling_and_a_threshold_fitted_for_one_false_alarm
     assert abs(window_scores.mean()) < 1.0 and 0.3 < window_scores.std() < 3.0
     info = edge_asd("info", quiet_bundle)
     assert info.returncode == 0, info.stderr
-    assert "1/day at 10 s periods" in info.stdout and "bootstrap interval" in info.stdout
+    assert f"{t.false_alarms_per_day:g}/day at 10 s periods" in info.stdout and "bootstrap interval" in info.stdout
+    assert ("evidence   none: " in info.stdout) == (t.evidence is None)
     assert "score scale mean" in info.stdout and "enrollment active: factory" in info.stdout
 
 
@@ -217,7 +222,11 @@ def test_enroll_on_gain_shifted_audio_then_rollback(quiet_bundle, tmp_path):
     shift = np.subtract(data["normalization"]["mean"], e["factory"]["normalization"]["mean"])
     assert np.median(shift) == pytest.approx(GAIN_DB, abs=1.0)
     thr = data["threshold"]
-    assert thr["source"] == "enrollment" and thr["false_alarms_per_day"] == 1.0 and thr["period_s"] == 2.0
+    assert thr["source"] == "enrollment" and thr["period_s"] == 2.0
+    # 24 periods are too few for the evidence rule: it is not guessed, the record says what it needs,
+    # and the threshold takes the whole default rate of one false alarm a week.
+    assert thr["evidence"] is None and ">= 30 periods, i.e. >= 60 s at 2 s periods" in thr["details"]["evidence_note"]
+    assert thr["false_alarms_per_day"] == pytest.approx(1 / 7)
     assert thr["calibrated_for"] == {"period_s": 2.0, "model": "int8", "class_label": None, "n_channels": 1}
     assert thr["history"][-1]["source"] == "training"
     audio = e["site"]["audio"]
@@ -239,7 +248,7 @@ def test_enroll_on_gain_shifted_audio_then_rollback(quiet_bundle, tmp_path):
     assert info.returncode == 0, info.stderr
     assert "enrollment active: site" in info.stdout
     assert "  factory  normalisation" in info.stdout and "  site     normalisation" in info.stdout
-    assert "1/day at 2 s periods" in info.stdout and "enrolled " in info.stdout
+    assert f"{1 / 7:g}/day at 2 s periods" in info.stdout and "enrolled " in info.stdout
 
     back = edge_asd("enroll", bundle, "--rollback")
     assert back.returncode == 0, back.stderr
@@ -410,7 +419,7 @@ def test_selective_enrollment_scores_the_lower_of_site_and_factory_and_fits_the_
 
     # The threshold is fitted on the selective period scores of the site audio, not on the site-only ones.
     from edge_asd.audio.sources import open_source
-    from edge_asd.calibration import fit_threshold
+    from edge_asd.calibration import fit_alarm_rules
     from edge_asd.config import InputConfig
 
     inp = InputConfig(kind="folder", path=site, channels=1, realtime=False)
@@ -418,7 +427,7 @@ def test_selective_enrollment_scores_the_lower_of_site_and_factory_and_fits_the_
                for name, det in (("selective", selective), ("site", site_only))}
     assert (periods["selective"] <= periods["site"] + 1e-9).all() and (periods["selective"] < periods["site"]).any()
     assert enrolled.threshold.source == "enrollment"
-    assert enrolled.threshold.value == pytest.approx(fit_threshold(periods["selective"], period_s=2.0).threshold, rel=1e-6)
+    assert enrolled.threshold.value == pytest.approx(fit_alarm_rules(periods["selective"], period_s=2.0).threshold.threshold, rel=1e-6)
     rolled = edge_asd("enroll", bundle, "--rollback")
     assert rolled.returncode == 0, rolled.stderr
     back = read_bundle(bundle)

@@ -28,6 +28,7 @@ BASE = f"edge-asd/{DEVICE}"
 CONFIG_TOPICS = {
     f"homeassistant/binary_sensor/{DEVICE}/anomaly/config",
     f"homeassistant/sensor/{DEVICE}/score/config",
+    f"homeassistant/sensor/{DEVICE}/evidence/config",
     f"homeassistant/sensor/{DEVICE}/state/config",
 }
 
@@ -156,9 +157,10 @@ def test_discovery_configs_arrive_retained_with_the_right_fields(tmp_path, broke
     assert parsed["anomaly"]["device_class"] == "problem"
     assert (parsed["anomaly"]["payload_on"], parsed["anomaly"]["payload_off"]) == ("ON", "OFF")
     assert parsed["score"]["state_class"] == "measurement"
+    assert (parsed["evidence"]["state_class"], parsed["evidence"]["unit_of_measurement"]) == ("measurement", "%")
     assert parsed["state"]["device_class"] == "enum"
     assert parsed["state"]["options"] == ["starting", "running", "idle", "sensor_fault"]
-    assert len({cfg["unique_id"] for cfg in parsed.values()}) == 3
+    assert len({cfg["unique_id"] for cfg in parsed.values()}) == 4
 
 
 def test_custom_discovery_prefix(tmp_path, broker):

@@ -23,6 +23,8 @@ from typing import Callable, Sequence
 
 import click
 
+from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, resolve_rate
+from edge_asd.cli_options import false_alarm_rate_options
 from edge_asd.bundle import (
     Bundle,
     Ensemble,
@@ -44,7 +46,7 @@ def make_ensemble(
     out: str | Path,
     normal_paths: Sequence[str | Path],
     *,
-    false_alarms_per_day: float = 1.0,
+    false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
     log: Callable[[str], None] = lambda message: None,
 ) -> Bundle:
     """Build an ensemble bundle in ``out`` from ``bundles`` (the first is the primary).
@@ -136,15 +138,16 @@ def _wav_paths(items: Sequence[Path]) -> list[Path]:
               help="Normal wav files or folders the models were not trained on (repeatable): the ensemble's score "
               "scale and threshold are fitted on them.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The new ensemble bundle directory.")
-@click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="Target false alarms per day of the threshold.")
-def ensemble(bundles: tuple[Path, ...], normal: tuple[Path, ...], out: Path, false_alarms_per_day: float) -> None:
+@false_alarm_rate_options
+def ensemble(bundles: tuple[Path, ...], normal: tuple[Path, ...], out: Path, false_alarms_per_week: float | None,
+             false_alarms_per_day: float | None) -> None:
     """Combine BUNDLES (the first is the primary) into one bundle whose device scores every window
     with all their int8 models and averages the standardised scores.
 
     The bundles must be autoencoders with the same features and windows (e.g. two recipes that
     share frames, or one recipe trained with two seeds).
     """
+    false_alarms_per_day = resolve_rate(per_day=false_alarms_per_day, per_week=false_alarms_per_week)
     result = make_ensemble(list(bundles), out, _wav_paths(list(normal)), false_alarms_per_day=false_alarms_per_day,
                            log=lambda m: click.echo(m, err=True))
     e = result.ensemble

@@ -45,7 +45,7 @@ from edge_asd.bundle import (
     MODEL_FILES, VECTOR_SCORES, BackendRef, Bundle, Enrollment, EnrollmentValues, ModelInfo, ScoreScaling, Threshold,
     file_sha256, read_bundle, write_bundle,
 )
-from edge_asd.calibration import MIN_PERIODS, SECONDS_PER_DAY, fit_threshold, score_periods, threshold_record
+from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY as _DEVICE_DEFAULT_RATE, MIN_PERIODS, SECONDS_PER_DAY, fit_alarm_rules, score_periods, threshold_record
 from edge_asd.detector import Detector
 from edge_asd.frontend import compute_features
 from edge_asd.errors import EdgeASDError, ParameterError
@@ -75,8 +75,8 @@ __all__ = [
 BACKEND_FILE = "backend.npz"
 """The exported (factory) back end's file in the bundle directory."""
 
-DEFAULT_FALSE_ALARMS_PER_DAY = 1.0
-"""Target rate of the exported threshold: normal periods above it per day (as ``edge-asd calibrate``)."""
+DEFAULT_FALSE_ALARMS_PER_DAY = _DEVICE_DEFAULT_RATE
+"""Target false-alarm rate of the exported alarm rules, per day, both rules together (as ``edge-asd calibrate``: one a week)."""
 EXPORT_PERIOD_S = AlarmConfig().period_s
 """Period the exported threshold is fitted for, seconds: the service's default ``alarm.period_s``."""
 PROVISIONAL_MARGIN = 1.0
@@ -277,11 +277,11 @@ def export_threshold(
               f">= {MIN_PERIODS * EXPORT_PERIOD_S:g} s of {source_clips} audio)")
     if period_scores.size >= MIN_PERIODS:
         try:
-            fit = fit_threshold(period_scores, period_s=EXPORT_PERIOD_S, false_alarms_per_day=false_alarms_per_day)
+            rules = fit_alarm_rules(period_scores, period_s=EXPORT_PERIOD_S, false_alarms_per_day=false_alarms_per_day)
         except ParameterError as exc:
             reason = str(exc)
         else:
-            return threshold_record(fit, input_desc=what, model="int8", source="training")
+            return threshold_record(rules, input_desc=what, model="int8", source="training")
     # Too little audio for a tail fit: stay above everything seen. Clips shorter than half a period
     # give no period at all; their clip means then stand in (they spread more: conservative).
     pool = period_scores if period_scores.size else clip_scores(

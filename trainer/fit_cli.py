@@ -8,6 +8,8 @@ from typing import Any, Mapping, Sequence
 
 import click
 
+from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, resolve_rate
+from edge_asd.cli_options import false_alarm_rate_options
 from edge_asd.errors import DatasetError, ParameterError
 from trainer import quiet_tensorflow_logs
 from trainer.backends import BACKEND_CHOICES
@@ -106,7 +108,7 @@ def fit_bundle(
     epochs: int | None = None,
     seed: int = 0,
     run_evaluation: bool = True,
-    false_alarms_per_day: float = 1.0,
+    false_alarms_per_day: float = DEFAULT_FALSE_ALARMS_PER_DAY,
     cache_dir: Path | None = None,
     candidates: Sequence[str] = AUTO_CANDIDATES,
     candidates_dir: Path | None = None,
@@ -276,7 +278,7 @@ def _common(f):
 @click.option("--epochs", type=int, default=None, help="Override the recipe's maximum epochs.")
 @click.option("--normalization", type=click.Choice(["per-feature", "global"]), default=None,
               help="Override the recipe's normalisation: standardise each band, or centre each band and use one common scale.")
-@click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True, help="Target false alarms per day of the exported threshold (fitted on the validation normal clips, as edge-asd calibrate does).")
+@false_alarm_rate_options
 @click.option("--backend", type=click.Choice(list(BACKEND_CHOICES)), default=None,
               help="Default: the recipe's (none, except knn for mfn-arcface). "
                    "Score windows with a back end over the autoencoder's per-band error vector instead of its mean, or over an "
@@ -292,13 +294,14 @@ def _common(f):
               help="--recipe auto: keep every candidate's bundle here (default: discarded).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Bundle directory to write.")
 def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, holdout_group, site_clips, recipe, model, objective, feature_kind, n_mels, n_fft, hop_length,
-        n_frames, hop_frames, epochs, normalization, false_alarms_per_day, backend, run_evaluation, cache_dir, candidate_list, candidates_dir, out) -> None:
+        n_frames, hop_frames, epochs, normalization, false_alarms_per_week, false_alarms_per_day, backend, run_evaluation, cache_dir, candidate_list, candidates_dir, out) -> None:
     """Train a model on normal sound in DATA_ROOT, export a bundle to --out, evaluate it.
 
     A folder holding only normal/ trains as it is (the normal-only protocol); with an abnormal/
     folder beside it the report also gives AUC and pAUC.
     """
     quiet_tensorflow_logs()
+    false_alarms_per_day = resolve_rate(per_day=false_alarms_per_day, per_week=false_alarms_per_week)
     overrides = {"model": model, "features": feature_kind, "n_mels": n_mels, "n_fft": n_fft, "hop_length": hop_length,
                  "n_frames": n_frames, "hop_frames": hop_frames, "epochs": epochs, "normalization": normalization}
     if recipe != AUTO:

@@ -1,0 +1,401 @@
+"""Sequential evidence of a small, persistent shift of the period scores: a one-sided CUSUM.
+
+The per-period threshold hears a fault that is loud in one period. A fault that only moves the
+period score up by about one normal standard deviation, for as long as it lasts (a worn bearing,
+a loose part), never crosses a threshold set for one false alarm a day. Page's one-sided CUSUM
+hears it by its persistence:
+
+    z_t = (score_t - mean) / std                     (standardised with the site's normal periods)
+    S_t = max(0, S_{t-1} + z_t - k),  k = shift_sd / 2
+    evidence onset when S_t >= h
+
+``shift_sd`` is the shift the rule is tuned to: one standard deviation of the normal period
+scores, set a priori (the textbook design point, k = 0.5), not read off any test set. Why a CUSUM
+rather than the alternatives:
+
+- against a fixed shift it is the optimal rule (Lorden, Moustakides: least worst-case delay at a
+  given false-alarm rate); an SPRT restarted at zero is the same statistic;
+- an EWMA chart weighs old evidence down geometrically and needs two parameters for the same job;
+- a windowed mean test forgets the evidence that falls out of its window, so its delay is tied to
+  the window length, and a fault shorter than the window is diluted.
+
+The CUSUM also tells where the shift began: the period after the statistic last stood at zero.
+
+Calibration (:func:`fit_evidence_rule`) turns a false-alarm rate (per week) into ``h`` from the
+site's own normal period scores, in stream order. Successive period scores are correlated and
+not Gaussian, so no textbook formula is used: a sieve bootstrap (Bühlmann 1997) fits an
+autoregression to the recorded series (order by BIC, 0 when the periods look independent) and
+drives it with the series' own residuals drawn with replacement, which keeps both the correlation
+and the non-Gaussian tails; ``h`` is the level whose rate of crossings on these long simulated
+normal streams (the statistic restarted at zero after each) matches the target. (A moving-block
+bootstrap was tried first: with a few hundred periods its extremes are a replay of the recording's
+single highest stretch, and ``h`` then swung by a factor of five in the alarm rate between
+recordings of the same white noise.) The reference mean and standard
+deviation are themselves re-estimated from a bootstrap copy of the recording in each replicate,
+so the rule pays for the uncertainty of a short recording with a higher ``h`` (Gandy & Kvaløy
+2013) instead of alarming more often than promised.
+
+Back to normal is hysteretic: during an alarm the statistic is capped at ``h``, and the alarm
+clears only when it has drained to zero, i.e. when normal periods have outweighed the evidence
+(about ``h / k`` normal periods), never after one quiet period.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from edge_asd.errors import ParameterError
+
+__all__ = [
+    "EvidenceRule", "Cusum", "fit_evidence_rule", "ar_order", "SECONDS_PER_WEEK", "DEFAULT_SHIFT_SD",
+    "MIN_EVIDENCE_PERIODS", "MIN_BLOCKS", "needed_periods",
+]
+
+SECONDS_PER_WEEK = 7 * 86_400.0
+DEFAULT_SHIFT_SD = 1.0
+"""The shift the rule is tuned to, in standard deviations of the normal period scores (k = 0.5)."""
+MIN_EVIDENCE_PERIODS = 30
+"""Fewer normal periods than this cannot support the rule: the reference mean would be uncertain
+by more than a fifth of a standard deviation, and that error adds to the drift of every period."""
+MIN_BLOCKS = 10
+"""The recording must hold at least this many periods per autoregressive lag fitted."""
+DEFAULT_REPLICATES = 32
+MIN_CROSSINGS = 10
+"""A level whose simulated crossings are fewer than this is not read off the simulation directly."""
+MAX_STREAM_PERIODS = 100_000
+"""Longest simulated stream per replicate; rarer rates are extrapolated (and flagged)."""
+_LEVELS = np.round(np.arange(0.5, 60.01, 0.25), 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvidenceRule:
+    """A calibrated one-sided CUSUM over standardised period scores (stored in the bundle's threshold)."""
+
+    reference_mean: float
+    """Mean of the site's normal period scores (score units)."""
+    reference_std: float
+    """Standard deviation of the site's normal period scores (score units), > 0."""
+    decision_level: float
+    """``h``: an onset when the statistic reaches it, in standard deviations."""
+    false_alarms_per_week: float
+    """The false-alarm rate ``h`` was calibrated for."""
+    period_s: float
+    """Length of the periods the scores were measured in, seconds."""
+    shift_sd: float = DEFAULT_SHIFT_SD
+    """The shift the rule is tuned to (``k = shift_sd / 2``), standard deviations."""
+    method: str = "cusum-sieve-bootstrap"
+    details: Mapping[str, Any] = field(default_factory=dict)
+    """How it was fitted: periods, autoregression order, replicates, whether ``h`` was extrapolated, the
+    expected delays (``delay_s``: shift in SD -> seconds), a statement."""
+
+    def __post_init__(self) -> None:
+        for name in ("reference_mean", "reference_std", "decision_level", "false_alarms_per_week", "period_s", "shift_sd"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ParameterError(f"evidence.{name} must be a finite number, got {value!r}")
+        for name in ("reference_std", "decision_level", "false_alarms_per_week", "period_s", "shift_sd"):
+            if not getattr(self, name) > 0:
+                raise ParameterError(f"evidence.{name} must be > 0, got {getattr(self, name)!r}")
+
+    @property
+    def allowance(self) -> float:
+        """``k``: subtracted from every standardised score, standard deviations."""
+        return self.shift_sd / 2
+
+    def standardise(self, score: float) -> float:
+        """A period score in standard deviations of the normal period scores."""
+        return (float(score) - self.reference_mean) / self.reference_std
+
+    def delay_s(self, shift_sd: float = 1.0) -> float | None:
+        """Expected time to an onset after a shift of ``shift_sd`` begins, seconds (as fitted)."""
+        value = dict(self.details.get("delay_s", {})).get(f"{shift_sd:g}")
+        return None if value is None else float(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "EvidenceRule":
+        if not isinstance(raw, Mapping):
+            raise ParameterError(f"threshold.evidence must be an object, got {raw!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ParameterError(f"threshold.evidence has unknown keys {sorted(unknown)}")
+        data = dict(raw)
+        data["details"] = dict(data.get("details", {}))
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ParameterError(f"threshold.evidence is incomplete: {exc}") from exc
+
+    def statement(self) -> str:
+        d = self.details
+        delay = self.delay_s(1.0)
+        parts = [
+            f"CUSUM over period scores standardised with mean {self.reference_mean:.4g} and sd {self.reference_std:.4g}: "
+            f"k = {self.allowance:g}, alarm level h = {self.decision_level:.3g} for {self.false_alarms_per_week:g} "
+            f"false alarm(s)/week at {self.period_s:g} s periods",
+        ]
+        if delay is not None:
+            parts.append(f"a shift of 1 sd is heard after about {_duration(delay)} on average")
+        if d.get("extrapolated"):
+            parts.append("h is extrapolated beyond the simulated rates")
+        return "; ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+class Cusum:
+    """The running statistic of an :class:`EvidenceRule`.
+
+    ``update`` takes one decided period; ``statistic`` is in standard deviations and
+    ``fraction`` (0-1) is the share of the alarm level reached, for status displays.
+    """
+
+    def __init__(self, rule: EvidenceRule) -> None:
+        self.rule = rule
+        self.statistic = 0.0
+        self.start_s: float | None = None
+        """Start of the first period of the current excursion above zero (the estimated start of
+        the shift), on the caller's clock, seconds; ``None`` while the statistic is zero."""
+        self.periods = 0
+        """Periods in the current excursion."""
+        self._sum_z = 0.0
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, max(0.0, self.statistic / self.rule.decision_level))
+
+    @property
+    def crossed(self) -> bool:
+        return self.statistic >= self.rule.decision_level
+
+    @property
+    def mean_shift(self) -> float | None:
+        """Mean standardised score over the current excursion (the size of the shift), SD."""
+        return self._sum_z / self.periods if self.periods else None
+
+    def update(self, score: float, start_s: float) -> float:
+        """Add a decided period's score (period starting at ``start_s``); return the statistic."""
+        z = self.rule.standardise(score)
+        value = self.statistic + z - self.rule.allowance
+        if value <= 0:
+            self.reset()
+            return 0.0
+        if self.statistic == 0.0:
+            self.start_s, self.periods, self._sum_z = start_s, 0, 0.0
+        self.statistic = value
+        self.periods += 1
+        self._sum_z += z
+        return value
+
+    def cap(self) -> None:
+        """Hold the statistic at the alarm level at most (during an alarm), so recovery needs a
+        bounded stretch of normal periods however long the fault lasted."""
+        self.statistic = min(self.statistic, self.rule.decision_level)
+
+    def reset(self, statistic: float = 0.0) -> None:
+        self.statistic = float(statistic)
+        self.start_s = None
+        self.periods = 0
+        self._sum_z = 0.0
+
+
+def ar_order(scores: np.ndarray, max_order: int | None = None) -> tuple[int, np.ndarray]:
+    """Order (by BIC) and Yule-Walker coefficients of an autoregression of a period-score series.
+
+    The sieve bootstrap's model of the correlation between successive periods: order 0 when the
+    periods look independent. At most ``n // 10`` lags (and 8), so each is backed by data.
+    """
+    x = np.asarray(scores, dtype=np.float64)
+    n = x.size
+    top = min(8, n // 10) if max_order is None else max_order
+    centred = x - x.mean()
+    acov = np.array([centred[: n - lag] @ centred[lag:] / n for lag in range(top + 1)])
+    if not acov[0] > 0:
+        return 0, np.zeros(0)
+    best = (n * math.log(acov[0]), 0, np.zeros(0))
+    for order in range(1, top + 1):
+        r = acov[:order + 1]
+        toeplitz = r[np.abs(np.subtract.outer(np.arange(order), np.arange(order)))]
+        try:
+            phi = np.linalg.solve(toeplitz, r[1:order + 1])
+        except np.linalg.LinAlgError:
+            break
+        innovation = acov[0] - phi @ r[1:order + 1]
+        if not innovation > 0:
+            break
+        bic = n * math.log(innovation) + order * math.log(n)
+        if bic < best[0]:
+            best = (bic, order, phi)
+    return best[1], best[2]
+
+
+def needed_periods(order: int) -> int:
+    """Normal periods the rule needs when the scores follow an autoregression of ``order``."""
+    return max(MIN_EVIDENCE_PERIODS, MIN_BLOCKS * order)
+
+
+def _sieve_streams(rng: np.random.Generator, x: np.ndarray, phi: np.ndarray, rows: int, length: int) -> np.ndarray:
+    """``rows`` series of ``length`` from the sieve bootstrap of ``x``: its autoregression driven by
+    its own residuals drawn with replacement (non-Gaussian tails kept), around its mean."""
+    import scipy.signal
+
+    order = phi.size
+    centred = x - x.mean()
+    if order:
+        resid = centred[order:] - sum(phi[j] * centred[order - 1 - j: x.size - 1 - j] for j in range(order))
+    else:
+        resid = centred
+    resid = resid - resid.mean()
+    burn = 10 * order + 50 if order else 0
+    shocks = resid[rng.integers(0, resid.size, size=(rows, length + burn))]
+    series = scipy.signal.lfilter([1.0], np.concatenate([[1.0], -phi]), shocks, axis=1) if order else shocks
+    return series[:, burn:] + x.mean()
+
+
+def _crossings(z: np.ndarray, allowance: float, levels: np.ndarray) -> np.ndarray:
+    """Crossings of each level by the CUSUM of each row of ``z`` (restarted at zero after each)."""
+    stat = np.zeros((z.shape[0], levels.size))
+    count = np.zeros(levels.size, dtype=np.int64)
+    drift = z - allowance
+    for t in range(z.shape[1]):
+        stat += drift[:, t, None]
+        np.maximum(stat, 0.0, out=stat)
+        hit = stat >= levels
+        count += hit.sum(axis=0)
+        stat[hit] = 0.0
+    return count
+
+
+def fit_evidence_rule(
+    period_scores: Any,
+    *,
+    period_s: float,
+    false_alarms_per_week: float = 1.0,
+    shift_sd: float = DEFAULT_SHIFT_SD,
+    n_replicates: int = DEFAULT_REPLICATES,
+    seed: int = 0,
+) -> EvidenceRule:
+    """Calibrate the CUSUM's alarm level for ``false_alarms_per_week`` on normal period scores.
+
+    Parameters
+    ----------
+    period_scores
+        The site's normal period scores *in stream order* (their correlation matters), shape
+        ``(n_periods,)``.
+    period_s
+        Length of a period, seconds.
+    false_alarms_per_week
+        Target rate of evidence onsets on normal sound.
+    shift_sd
+        The shift to detect, standard deviations of the normal period scores.
+    n_replicates
+        Bootstrap replicates (each: a re-estimated reference and a long simulated stream).
+    seed
+        The result is deterministic for a seed.
+
+    Raises
+    ------
+    ParameterError
+        Too little audio for the rule (the message says how much is needed), non-finite or
+        constant scores, parameters out of range.
+    """
+    x = np.asarray(period_scores, dtype=np.float64).ravel()
+    if not (math.isfinite(period_s) and period_s > 0):
+        raise ParameterError(f"period_s must be > 0 seconds, got {period_s}")
+    if not (math.isfinite(false_alarms_per_week) and false_alarms_per_week > 0):
+        raise ParameterError(f"false_alarms_per_week must be > 0, got {false_alarms_per_week}")
+    if not (math.isfinite(shift_sd) and shift_sd > 0):
+        raise ParameterError(f"shift_sd must be > 0, got {shift_sd}")
+    if not np.isfinite(x).all():
+        raise ParameterError("period scores contain NaN or inf")
+    p = false_alarms_per_week * period_s / SECONDS_PER_WEEK
+    if p >= 0.5:
+        raise ParameterError(f"{false_alarms_per_week:g} false alarms/week at {period_s:g} s periods is an alarm every "
+                             "other period; lower the rate")
+    order, phi = ar_order(x) if x.size >= 2 else (0, np.zeros(0))
+    need = needed_periods(order)
+    if x.size < need:
+        raise ParameterError(
+            f"{x.size} period(s) ({x.size * period_s:g} s) of normal audio are too few for the evidence rule: it needs "
+            f">= {need} periods, i.e. >= {need * period_s:g} s at {period_s:g} s periods (successive "
+            f"periods correlated to lag {order} here); record longer"
+        )
+    mean, std = float(x.mean()), float(x.std(ddof=1))
+    if not std > 0:
+        raise ParameterError("every normal period has the same score: the evidence rule cannot be calibrated")
+    rng = np.random.default_rng(seed)
+    k = shift_sd / 2
+    length = int(min(MAX_STREAM_PERIODS, max(5_000, math.ceil(4 * MIN_CROSSINGS / (p * n_replicates)))))
+    # Each replicate: a bootstrap copy of the recording gives the reference it would have been
+    # calibrated with; a long bootstrap stream is the normal sound it then listens to.
+    ref = _sieve_streams(rng, x, phi, n_replicates, x.size)
+    ref_mean = ref.mean(axis=1, keepdims=True)
+    ref_std = np.maximum(ref.std(axis=1, ddof=1, keepdims=True), 1e-12 * std)
+    z = (_sieve_streams(rng, x, phi, n_replicates, length) - ref_mean) / ref_std
+    counts = _crossings(z, k, _LEVELS)
+    total = n_replicates * length
+    rates = counts / total
+    h, extrapolated = _level_for_rate(_LEVELS, rates, counts, p)
+    delays = {}
+    for shift in (0.5, 1.0, 2.0):
+        shifted = _crossings(z[:, : min(length, 20_000)] + shift, k, np.array([h]))[0]
+        periods = n_replicates * min(length, 20_000) / shifted if shifted else math.inf
+        delays[f"{shift:g}"] = float(periods * period_s) if math.isfinite(periods) else None
+    observable = counts >= MIN_CROSSINGS
+    details = {
+        "n_periods": int(x.size),
+        "audio_s": float(x.size * period_s),
+        "ar_order": order,
+        "ar_coefficients": [float(c) for c in phi],
+        "replicates": n_replicates,
+        "simulated_periods": int(total),
+        "p_period": p,
+        "extrapolated": extrapolated,
+        "lowest_simulated_rate_per_week": float(rates[observable].min() * SECONDS_PER_WEEK / period_s) if observable.any() else None,
+        "delay_s": delays,
+        "seed": seed,
+        "scores_summary": {"min": float(x.min()), "median": float(np.median(x)), "max": float(x.max())},
+    }
+    rule = EvidenceRule(reference_mean=mean, reference_std=std, decision_level=float(h), false_alarms_per_week=false_alarms_per_week,
+                        period_s=period_s, shift_sd=shift_sd, details=details)
+    return dataclasses.replace(rule, details={**details, "statement": rule.statement()})
+
+
+def _level_for_rate(levels: np.ndarray, rates: np.ndarray, counts: np.ndarray, p: float) -> tuple[float, bool]:
+    """The level whose crossing rate is ``p``: log-linear interpolation between simulated levels,
+    or a log-linear extrapolation from the upper levels that were still crossed often enough."""
+    ok = counts >= MIN_CROSSINGS
+    if not ok.any():
+        raise ParameterError("the simulated normal stream never crossed any level; the scores are degenerate")
+    log_rate = np.log(np.where(ok, rates, np.nan))
+    target = math.log(p)
+    idx = np.flatnonzero(ok)
+    if log_rate[idx[0]] <= target:
+        return float(levels[idx[0]]), False
+    below = idx[log_rate[idx] <= target]
+    if below.size:
+        j = below[0]
+        i = idx[idx < j][-1]
+        frac = (log_rate[i] - target) / (log_rate[i] - log_rate[j])
+        return float(levels[i] + frac * (levels[j] - levels[i])), False
+    # Rarer than the simulation shows: log(rate) is close to linear in h for large h (Siegmund's
+    # approximation); fit the line on the upper half of the observable levels.
+    upper = idx[idx.size // 2:]
+    if upper.size < 2:
+        upper = idx[-2:] if idx.size >= 2 else idx
+    if upper.size < 2:
+        raise ParameterError("too few simulated levels to extrapolate the evidence rule; use a higher false-alarm rate")
+    slope, intercept = np.polyfit(levels[upper], log_rate[upper], 1)
+    if not slope < 0:
+        raise ParameterError("the simulated false-alarm rate does not fall with the level; the scores are degenerate")
+    return float((target - intercept) / slope), True
