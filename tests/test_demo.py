@@ -19,7 +19,9 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     run = subprocess.run([sys.executable, "-m", "trainer", "demo", "--quick", "--out", str(out)],
                          capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "| **int8 − float** |" in run.stdout and "streaming 16 new clips" in run.stdout
+    assert "| **int8 − float** |" in run.stdout and "streaming 48 new clips" in run.stdout
+    # Calibrated on site first: both alarm rules, for the default of one false alarm a week.
+    assert "false-alarm target 1/week for the device: 50% for the threshold, 50% for the evidence rule" in run.stdout
     bundle = json.loads((out / "bundle" / "bundle.json").read_text())
     evaluation = bundle["metrics"]["evaluation"]
     # The quick demo's test set is 10 normal x 10 anomalous clips: one of its 100 pairs ranked the other
@@ -46,4 +48,6 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     assert stored and stored[0] == "onset" and stored[-1] == "back_to_normal", stored
     assert stored == ["onset", "back_to_normal"] * (len(stored) // 2)  # alternating, never two onsets
     assert anomaly_start <= times[0] <= anomaly_end, (times, anomaly_start, anomaly_end)
+    # Heard before the last faulty clip (before the evidence rule, the k-of-n rule alone raised it on the last one).
+    assert times[0] < anomaly_end - durations[last], (times, anomaly_end)
     assert times[-1] > anomaly_end, (times, anomaly_end)
