@@ -42,8 +42,9 @@ usermod -a -G audio edge-asd
 
 # 2. The software, in its own virtual environment (device extras only: LiteRT, pyaudio, paho).
 python3 -m venv "$prefix/venv"
-"$prefix/venv/bin/pip" install --upgrade pip
-"$prefix/venv/bin/pip" install "$repo[device]"
+"$prefix/venv/bin/pip" install "pip==26.3"
+# The versions the test suite passed with (constraints.txt), not whatever is newest today.
+"$prefix/venv/bin/pip" install -c "$repo/constraints.txt" "$repo[device]"
 # The front end's numba kernels compiled ahead of time into the installed package (needs gcc): the
 # service then never loads numba's LLVM compiler, ~130 MB less memory (benchmarks/results/import_memory.md).
 aot_ok=1
