@@ -505,6 +505,36 @@ def _fail(path: Path, what: str) -> BundleError:
     return BundleError(f"{path}: {what}; re-export the bundle with 'asd-train fit --backend ...' or re-copy it")
 
 
+MAX_BACKEND_BYTES = 64 * 1024 * 1024
+"""Largest total size of a back end file's arrays once loaded, bytes (a 4096-window k-NN bank of
+1024-value vectors in float32 is 16 MiB): a small compressed file must not unpack into gigabytes."""
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Read every array's shape and dtype from its ``.npy`` header, before any array is loaded, and
+    refuse object arrays and a total above :data:`MAX_BACKEND_BYTES`."""
+    total = 0
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                with archive.open(info) as member:
+                    version = np.lib.format.read_magic(member)
+                    if version == (1, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                    elif version == (2, 0):
+                        shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                    else:
+                        raise _fail(path, f"member {info.filename} has an unsupported .npy version {version}")
+                if dtype.hasobject:
+                    raise _fail(path, "holds pickled (object) arrays, which edge-asd never loads")
+                total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if total > MAX_BACKEND_BYTES:
+                    raise _fail(path, f"its arrays would take more than {MAX_BACKEND_BYTES // 2**20} MiB once loaded "
+                                      f"({info.filename}: shape {shape}, {dtype}); not loaded")
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise _fail(path, f"not a readable npz file ({exc})") from exc
+
+
 def load_backend(path: str | os.PathLike, *, dim: int | None = None) -> Backend:
     """Read and check a back end file written by :func:`save_backend`.
 
@@ -525,6 +555,7 @@ def load_backend(path: str | os.PathLike, *, dim: int | None = None) -> Backend:
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "back end file missing")
+    _check_npz_sizes(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             raw = {name: npz[name] for name in npz.files}

@@ -454,6 +454,10 @@ from edge_asd.record_cli import record  # noqa: E402
 cli.add_command(record)
 from edge_asd.enroll_cli import enroll  # noqa: E402
 cli.add_command(enroll)
+from edge_asd.signing_cli import keygen, sign, sign_bundle_command  # noqa: E402
+cli.add_command(keygen)
+cli.add_command(sign)
+cli.add_command(sign_bundle_command)
 
 
 def run_cli(group: click.Group, prog_name: str, argv: list[str] | None = None) -> None:

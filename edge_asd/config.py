@@ -179,7 +179,15 @@ class MqttConfig:
     """Discovery topic prefix (Home Assistant's ``discovery_prefix``)."""
     remote_commands: bool = False
     """Accept operator commands on ``<topic_prefix>/<device id>/command`` (see
-    :mod:`edge_asd.remote`); only on an authenticated connection (a username or a client certificate)."""
+    :mod:`edge_asd.remote`): only commands signed with the operator's key (``command_key_file``),
+    and only over TLS with a password or a client certificate."""
+    command_key_file: Path | None = None
+    """The operator's Ed25519 public key (PEM), owned by root: every remote command must be signed
+    with its private key (``edge-asd keygen``, ``edge-asd sign``). Required with ``remote_commands``."""
+    incoming_dir: Path | None = None
+    """The only folder a remote ``reload`` installs bundles from (signed ones, newer than the
+    running version); neither inside nor above the running bundle. Unset: reload only re-reads the
+    running bundle."""
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -196,10 +204,20 @@ class MqttConfig:
             raise ParameterError(f"mqtt.{tls_files[0]} is set but mqtt.tls = false; set mqtt.tls = true")
         if self.tls_key_file is not None and self.tls_cert_file is None:
             raise ParameterError("mqtt.tls_key_file is set without mqtt.tls_cert_file; give the client certificate too")
-        if self.remote_commands and self.username is None and self.tls_cert_file is None:
-            raise ParameterError("mqtt.remote_commands = true needs an authenticated broker connection: set mqtt.username "
-                                 "(with mqtt.password_file) or a TLS client certificate (mqtt.tls_cert_file), and a "
-                                 "broker ACL that lets only operators publish to the command topic")
+        if self.remote_commands:
+            # Commands change what the detector listens for: never in clear text, never from an
+            # unauthenticated session, never unsigned.
+            if not self.tls:
+                raise ParameterError("mqtt.remote_commands = true needs mqtt.tls = true: commands and the login must not "
+                                     "travel in clear text")
+            logged_in = self.username is not None and (self.password is not None or self.password_file is not None)
+            if not logged_in and self.tls_cert_file is None:
+                raise ParameterError("mqtt.remote_commands = true needs an authenticated broker connection: set mqtt.username "
+                                     "with mqtt.password_file, or a TLS client certificate (mqtt.tls_cert_file), and a "
+                                     "broker ACL that lets only operators publish to the command topic")
+            if self.command_key_file is None:
+                raise ParameterError("mqtt.remote_commands = true needs mqtt.command_key_file: the operator's public key "
+                                     "(edge-asd keygen makes a pair; install the .pub file, owned by root, in /etc/edge-asd)")
         # Empty levels ("a//b", a leading or trailing '/') would put the configs where Home
         # Assistant never looks; wildcards cannot be published to.
         if not self.discovery_prefix or any(c in self.discovery_prefix for c in "#+") or "" in self.discovery_prefix.split("/"):

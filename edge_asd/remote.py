@@ -1,9 +1,14 @@
 """Remote operations: an operator's commands to a running detector, over its MQTT connection.
 
 Off by default; ``mqtt.remote_commands = true`` turns it on, and the configuration is refused
-unless the broker connection authenticates (a username, or a TLS client certificate): anyone who
-can publish to the command topic can change what the detector listens for. Commands are JSON
-objects on ``<topic_prefix>/<device id>/command``::
+unless the broker connection is TLS with a password or a client certificate, and a public key
+(``mqtt.command_key_file``) is set. Anyone who can publish to the command topic could otherwise
+change what the detector listens for, so the device itself authenticates every command: each is
+signed with the operator's Ed25519 key (:mod:`edge_asd.signing`; ``edge-asd sign``), names this
+device, was signed within the last five minutes, and carries a nonce the device has not seen.
+Retained commands are dropped (they would run again at every connection), so are messages over
+:data:`MAX_COMMAND_BYTES` (before any parsing; MQTT 5 Maximum Packet Size keeps larger ones at
+the broker). The signed commands are JSON objects (what ``edge-asd sign`` takes)::
 
     {"id": "op-17", "command": "status"}
     {"id": "op-18", "command": "calibrate", "seconds": 600, "false_alarms_per_week": 1}
@@ -16,15 +21,18 @@ outbox, QoS 1, like every event) whose details name the command's ``id``, say ``
 
 ``calibrate`` / ``enroll`` record the next ``seconds`` of the service's own stream (the service
 holds the microphone) into a wav file beside the bundle, then run on it exactly what the
-``edge-asd calibrate`` / ``enroll`` commands run, on a copy of the bundle. ``reload`` re-reads the
-running bundle's folder, or installs another bundle folder in its place.
+``edge-asd calibrate`` / ``enroll`` commands run, on a copy of the bundle; their false-alarm target
+is bounded (:data:`REMOTE_RATE_PER_WEEK`). ``reload`` re-reads the running bundle's folder, or
+installs a bundle from ``mqtt.incoming_dir`` (signed by the operator, ``bundle.sig``, with a
+version above the running one's) in its place.
 
 Every change goes the same way, so a bad bundle never replaces a good one: the new bundle (the
 edited copy, or the folder named) is verified first — ``bundle.json`` parses, every model file
 matches the sha256 recorded for it, the detector loads and scores a window, and its threshold was
 set for this configuration — and only then takes the running bundle's place, with one atomic
-exchange of the two folders (``renameat2(RENAME_EXCHANGE)``). The previous bundle is kept at
-``<bundle>.previous``. The detector is then loaded from the running bundle's path; should that
+exchange of the two folders (``renameat2(RENAME_EXCHANGE)``; where the file system cannot, the
+command fails and nothing changes). The previous bundle is kept at ``<bundle>.previous``, copied
+before the exchange, so a full disk fails the command before anything changed. The detector is then loaded from the running bundle's path; should that
 fail, the exchange is undone. Detection goes on with the old detector until the new one is
 swapped in between two blocks.
 """
@@ -40,6 +48,7 @@ import os
 import queue
 import shutil
 import threading
+import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +66,15 @@ log = logging.getLogger(__name__)
 
 COMMANDS = ("status", "calibrate", "enroll", "reload")
 MAX_COMMAND_BYTES = 4096
+MAX_PACKET_BYTES = 8192
+"""MQTT 5 Maximum Packet Size the device asks of the broker when it takes commands, bytes."""
+MAX_THRESHOLD_CHANGE = 3.0
+"""A remote calibrate / enroll may move the threshold by at most this many times the running one's
+size (at least 1, in standard deviations of normal window scores): a threshold moved from 1 to 108
+switched detection off as surely as a forged rate would (the review's 1e-300 false alarms a day)."""
+REFUSAL_INTERVAL_S = 5.0
+"""At most one refusal event per this many seconds for commands that fail their signature check (a
+stranger flooding the topic must not flood the store); the others are only logged."""
 MAX_RECORD_S = 3600.0
 REMOTE_RATE_PER_WEEK = (0.1, 168.0)
 """False-alarm targets a remote calibrate / enroll may set, per week: one in ten weeks to one an hour."""
@@ -106,16 +124,20 @@ class CommandOutcome:
                 **self.details}
 
 
-def parse_command(payload: bytes | str) -> Command:
-    """Parse a command message; :class:`CommandError` says what is wrong with it."""
-    if isinstance(payload, str):
-        payload = payload.encode("utf-8")
-    if len(payload) > MAX_COMMAND_BYTES:
-        raise CommandError(f"command message of {len(payload)} bytes is longer than {MAX_COMMAND_BYTES}")
-    try:
-        raw = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandError(f"command is not JSON ({exc})") from exc
+def parse_command(payload: bytes | str | dict[str, Any]) -> Command:
+    """Parse a command (its JSON text, or the object a signed message carried); :class:`CommandError`
+    says what is wrong with it."""
+    if isinstance(payload, dict):
+        raw: Any = payload
+    else:
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        if len(payload) > MAX_COMMAND_BYTES:
+            raise CommandError(f"command message of {len(payload)} bytes is longer than {MAX_COMMAND_BYTES}")
+        try:
+            raw = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise CommandError(f"command is not JSON ({type(exc).__name__})") from exc
     if not isinstance(raw, dict):
         raise CommandError('command must be a JSON object such as {"id": "op-1", "command": "status"}')
     command_id = raw.get("id")
@@ -159,20 +181,17 @@ def parse_command(payload: bytes | str) -> Command:
 def exchange_dirs(a: Path, b: Path) -> None:
     """Swap two folders atomically (Linux ``renameat2(RENAME_EXCHANGE)``).
 
-    Where the call or the file system does not support it, falls back to three renames through a
-    temporary name (not atomic: a crash in between leaves one of them under that name)."""
+    Where the call or the file system does not support it, or one folder lies inside the other,
+    raises :class:`CommandError` and changes nothing: three plain renames are not atomic, and a
+    crash between them once left the service unable to start."""
     libc_name = ctypes.util.find_library("c")
     renameat2 = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None) if libc_name else None
-    if renameat2 is not None:
-        if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: no exchange here; anything else is real
-            raise OSError(err, os.strerror(err), str(a))
-    tmp = a.with_name(a.name + ".exchange")
-    os.rename(a, tmp)
-    os.rename(b, a)
-    os.rename(tmp, b)
+    if renameat2 is None:
+        raise CommandError(f"cannot exchange {a} and {b} atomically here (no renameat2 in the C library); nothing changed")
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return
+    err = ctypes.get_errno()
+    raise CommandError(f"cannot exchange {a} and {b} atomically ({os.strerror(err)}); nothing changed")
 
 
 def verify_bundle(path: Path, config: Any, *, sr: int, n_channels: int) -> Any:
@@ -242,12 +261,22 @@ class RemoteOperations:
         Returns the service's health snapshot as a JSON-able dict (the ``status`` command).
     """
 
-    def __init__(self, config: Any, *, sr: int, n_channels: int, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, config: Any, *, sr: int, n_channels: int, status: Callable[[], dict[str, Any]],
+                 public_key: Any = None, nonces: Any = None) -> None:
+        from edge_asd.signing import load_public_key
+
         self.config = config
         self.sr = sr
         self.n_channels = n_channels
         self.bundle_path = Path(config.device.bundle)
         self._status = status
+        self._key = public_key if public_key is not None else load_public_key(config.mqtt.command_key_file)
+        self._nonces = nonces
+        """Where seen nonces are kept across restarts (``remember_nonce(nonce, issued_unix) -> bool``,
+        the store); ``None``: this process's memory only."""
+        self._seen: dict[str, float] = {}
+        self._last_refusal = -math.inf
+        self.incoming = _check_incoming(config.mqtt.incoming_dir, self.bundle_path)
         self._inbox: queue.Queue = queue.Queue()
         self._outcomes: queue.Queue = queue.Queue()
         self._busy: Command | None = None
@@ -255,17 +284,65 @@ class RemoteOperations:
         self._worker: threading.Thread | None = None
 
     # -- MQTT thread -------------------------------------------------------------------------------
-    def submit(self, payload: bytes | str) -> None:
-        """Queue a command message (a malformed one is answered with a refusal)."""
+    def submit(self, payload: bytes | str, *, retained: bool = False) -> None:
+        """Check a command message and queue it; refusals are answered (see the module docstring)."""
+        from edge_asd.signing import SignatureError, verify_command
+
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        if retained:
+            log.warning("a retained message on %s/%s/command was ignored: commands are never retained (clear it with "
+                        "mosquitto_pub -r -n -t that topic)", self.config.mqtt.topic_prefix, self.config.device.id)
+            return
+        if len(payload) > MAX_COMMAND_BYTES:
+            self._refuse_unauthenticated(f"command message of {len(payload)} bytes is longer than {MAX_COMMAND_BYTES}")
+            return
         try:
-            command = parse_command(payload)
+            body, nonce = verify_command(payload, self._key, device=self.config.device.id)
+        except SignatureError as exc:
+            self._refuse_unauthenticated(str(exc))
+            return
+        command_id = body.get("id") if isinstance(body.get("id"), str) else "?"
+        if not self._remember(nonce, time.time()):
+            log.warning("remote command %s refused: a replay (its nonce was seen before)", command_id)
+            self._outcomes.put(CommandOutcome(command_id=command_id, command="?", ok=False,
+                                              message="refused: this signed command was received before (a replay)"))
+            return
+        try:
+            command = parse_command(body)
         except CommandError as exc:
             log.warning("remote command refused: %s", exc)
-            command_id = _id_of(payload)
             self._outcomes.put(CommandOutcome(command_id=command_id, command="?", ok=False, message=str(exc)))
             return
-        log.info("remote command %s: %s", command.id, command.name)
+        log.info("remote command %s: %s (signature verified)", command.id, command.name)
         self._inbox.put(command)
+
+    def _refuse_unauthenticated(self, reason: str) -> None:
+        """Answer a message that failed its checks before its signature verified (its id is not
+        trusted), at most once per :data:`REFUSAL_INTERVAL_S`."""
+        log.warning("remote command refused: %s", reason)
+        now = time.monotonic()
+        if now - self._last_refusal < REFUSAL_INTERVAL_S:
+            return
+        self._last_refusal = now
+        self._outcomes.put(CommandOutcome(command_id="?", command="?", ok=False, message=f"refused: {reason}"))
+
+    def _remember(self, nonce: str, now: float) -> bool:
+        """``True`` if ``nonce`` is new (and keep it); ``False`` for a replay."""
+        from edge_asd.signing import MAX_COMMAND_AGE_S
+
+        for old in [n for n, t in self._seen.items() if now - t > 2 * MAX_COMMAND_AGE_S]:
+            del self._seen[old]
+        if nonce in self._seen:
+            return False
+        if self._nonces is not None:
+            try:
+                if not self._nonces.remember_nonce(nonce, now, keep_s=2 * MAX_COMMAND_AGE_S):
+                    return False
+            except Exception as exc:  # the store is failing: this process's memory still refuses replays
+                log.warning("cannot record the command's nonce in the event store (%s); kept in memory", exc)
+        self._seen[nonce] = now
+        return True
 
     # -- processing loop ---------------------------------------------------------------------------
     def on_block(self, block: np.ndarray) -> None:
@@ -325,7 +402,7 @@ class RemoteOperations:
             self._finish(True, "status", details={"status": self._status()})
         elif command.name == "reload":
             target = command.bundle
-            self._start_worker(lambda: self._install(command, None if target is None else target.expanduser().resolve()))
+            self._start_worker(lambda: self._install(command, None if target is None else self._incoming_bundle(target)))
         else:
             self._start_recording(command)
 
@@ -368,6 +445,29 @@ class RemoteOperations:
         self._worker = threading.Thread(target=run, name="remote-command", daemon=True)
         self._worker.start()
 
+    def _running_threshold(self) -> float:
+        from edge_asd.bundle import read_bundle
+
+        return float(read_bundle(self.bundle_path, verify_files=False).threshold.value)
+
+    def _incoming_bundle(self, target: Path) -> Path:
+        """The folder a reload names, if it is a signed bundle in ``mqtt.incoming_dir`` newer than the
+        running one; else :class:`CommandError` (nothing changes)."""
+        from edge_asd.signing import verify_bundle_signature
+
+        if self.incoming is None:
+            raise CommandError("reload of another bundle needs mqtt.incoming_dir (the folder signed bundles are copied "
+                               "to); without it reload only re-reads the running bundle")
+        resolved = target.expanduser().resolve()
+        if resolved.parent != self.incoming:
+            raise CommandError(f"{target}: reload installs only bundles directly in {self.incoming} (mqtt.incoming_dir)")
+        version = verify_bundle_signature(resolved, self._key)
+        floor = running_version(self.bundle_path)
+        if version <= floor:
+            raise CommandError(f"{resolved}: version {version} is not newer than the running bundle's {floor}: "
+                               "no rollback to an older release (sign the bundle again with a higher version)")
+        return resolved
+
     def _fit_on_recording(self, command: Command, wav_path: Path) -> tuple[str, dict[str, Any], Any]:
         """Calibrate or enroll a copy of the running bundle on the recording, then install it."""
         from edge_asd.calibration import calibrate_bundle
@@ -390,6 +490,12 @@ class RemoteOperations:
                 enrolled = enroll_bundle(staging, inp, selective=command.selective, **common)
                 summary = {"threshold": enrolled.calibration.threshold, "statement": enrolled.calibration.statement(),
                            "factory_exceedances": enrolled.factory_exceedances, "n_periods": enrolled.n_periods}
+            running = self._running_threshold()
+            limit = MAX_THRESHOLD_CHANGE * max(abs(running), 1.0)
+            if abs(summary["threshold"] - running) > limit:
+                raise CommandError(f"the new threshold {summary['threshold']:.4g} is more than {limit:.4g} away from the "
+                                   f"running {running:.4g}: a remote command may not make that change (record normal "
+                                   "sound again, or calibrate on the device itself)")
             return self._install(command, staging, summary=summary)
         finally:
             wav_path.unlink(missing_ok=True)
@@ -408,19 +514,29 @@ class RemoteOperations:
             raise CommandError(f"{new}: not a model bundle (no bundle.json)")
         verify_bundle(new, self.config, sr=self.sr, n_channels=self.n_channels)
         previous = live.with_name(live.name + ".previous")
-        exchange_dirs(new, live)  # ``new`` now holds the bundle that was running
+        kept = live.with_name(f".{live.name}.previous-{_safe(command.id)}")
+        if command.name != "reload":
+            # Copy the running bundle first: a full disk fails the command here, before anything changed.
+            shutil.rmtree(kept, ignore_errors=True)
+            try:
+                shutil.copytree(live, kept)
+            except OSError as exc:
+                shutil.rmtree(kept, ignore_errors=True)
+                raise CommandError(f"cannot keep a copy of {live} ({exc.strerror or exc}); free space on its disk") from exc
+        try:
+            exchange_dirs(new, live)  # ``new`` now holds the bundle that was running
+        except CommandError:
+            shutil.rmtree(kept, ignore_errors=True)
+            raise
         try:
             detector = verify_bundle(live, self.config, sr=self.sr, n_channels=self.n_channels)
         except EdgeASDError as exc:
             exchange_dirs(new, live)
+            shutil.rmtree(kept, ignore_errors=True)
             raise CommandError(f"{live}: the new bundle failed to load in place ({exc}); the previous one is back") from exc
-        if command.name == "reload":
-            # The operator's folder now holds the old bundle: keep it as the one to roll back to.
-            shutil.rmtree(previous, ignore_errors=True)
-            os.rename(new, previous)
-        else:
-            shutil.rmtree(previous, ignore_errors=True)
-            shutil.copytree(new, previous)
+        shutil.rmtree(previous, ignore_errors=True)
+        # reload: the operator's folder now holds the old bundle; calibrate / enroll: the copy made above.
+        os.rename(new if command.name == "reload" else kept, previous)
         summary["previous_bundle"] = str(previous)
         return f"{command.name}: {live} now runs the new bundle (previous kept at {previous})", summary, detector
 
@@ -433,16 +549,33 @@ class RemoteOperations:
                                           details=details or {}, detector=detector, ends_command=True))
 
 
+def running_version(bundle_path: Path) -> int:
+    """The signed release number of the running bundle (its ``bundle.sig``; 0 when it has none).
+
+    Read without checking the signature: calibrate and enroll on the device rewrite ``bundle.json``
+    (so the signature no longer covers it) but keep the release it came from."""
+    from edge_asd.signing import BUNDLE_SIGNATURE_FILE
+
+    try:
+        raw = json.loads((bundle_path / BUNDLE_SIGNATURE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return 0
+    version = raw.get("version") if isinstance(raw, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) and version > 0 else 0
+
+
+def _check_incoming(incoming: Path | None, live: Path) -> Path | None:
+    """``mqtt.incoming_dir`` resolved, refused when it lies inside or above the running bundle."""
+    if incoming is None:
+        return None
+    folder, bundle = Path(incoming).expanduser().resolve(), live.expanduser().resolve()
+    if folder == bundle or folder.is_relative_to(bundle) or bundle.is_relative_to(folder):
+        from edge_asd.errors import ConfigError
+
+        raise ConfigError(f"mqtt.incoming_dir {incoming} must be neither inside nor above the running bundle {live}")
+    return folder
+
+
 def _safe(text: str) -> str:
     """``text`` usable in a file name."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:64]
-
-
-def _id_of(payload: bytes | str) -> str:
-    """The ``id`` of a command that failed to parse, if it has one (to answer it by)."""
-    try:
-        raw = json.loads(payload)
-        value = raw.get("id") if isinstance(raw, dict) else None
-        return value if isinstance(value, str) and 0 < len(value) <= 128 else "?"
-    except (UnicodeDecodeError, json.JSONDecodeError, TypeError):
-        return "?"

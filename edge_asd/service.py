@@ -844,7 +844,7 @@ def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable
         from edge_asd.remote import RemoteOperations
 
         remote = RemoteOperations(config, sr=source.sr, n_channels=source.n_channels,
-                                  status=lambda: health.snapshot().to_dict())
+                                  status=lambda: health.snapshot().to_dict(), nonces=store)
     if config.mqtt.enabled:
         forwarder = MqttForwarder(config.mqtt, device_id=config.device.id, store=store,
                                   on_command=None if remote is None else remote.submit)

@@ -182,6 +182,10 @@ CREATE TABLE IF NOT EXISTS open_alarm (
     time_utc TEXT NOT NULL,
     stream_time_s REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS command_nonces (
+    nonce TEXT PRIMARY KEY,
+    seen REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS evidence_state (
     device TEXT PRIMARY KEY,
     statistic REAL NOT NULL,
@@ -389,6 +393,21 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 log.debug("event store %s: cannot save the evidence (%s)", self.path, exc)
 
+    def remember_nonce(self, nonce: str, seen: float, *, keep_s: float) -> bool:
+        """Record a signed command's nonce; ``False`` if it was recorded before (a replay). Nonces
+        older than ``keep_s`` seconds are forgotten (the signature's age check refuses those commands).
+        Raises :class:`StoreError` when the store cannot be written."""
+        with self._lock:
+            if self._db is None:
+                raise StoreError(f"{self.path}: the event store is not open")
+            try:
+                with self._db:
+                    self._db.execute("DELETE FROM command_nonces WHERE seen < ?", (seen - keep_s,))
+                    cur = self._db.execute("INSERT OR IGNORE INTO command_nonces (nonce, seen) VALUES (?, ?)", (nonce, seen))
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: cannot record a command nonce ({exc})") from exc
+        return cur.rowcount == 1
+
     def saved_evidence(self, device: str) -> dict[str, Any] | None:
         """``{"statistic", "rule", "updated"}`` saved for ``device`` (``updated``: Unix time, seconds), or ``None``."""
         with self._lock:
@@ -539,7 +558,7 @@ class MqttForwarder:
     """
 
     def __init__(self, config: Any, *, device_id: str, store: SQLiteStore,
-                 on_command: Callable[[bytes], None] | None = None) -> None:
+                 on_command: Callable[..., None] | None = None) -> None:
         try:
             import paho.mqtt.client as mqtt
         except ImportError as exc:
@@ -628,7 +647,7 @@ class MqttForwarder:
 
     def _command_message(self, client: Any, userdata: Any, message: Any) -> None:
         try:
-            self._on_command(bytes(message.payload))
+            self._on_command(bytes(message.payload), retained=bool(message.retain))
         except Exception:  # paho would swallow it: keep the traceback in the journal, keep the thread
             log.exception("remote command handler failed")
 
@@ -734,8 +753,19 @@ class MqttForwarder:
     def start(self) -> None:
         # connect_async + loop_start: the first connection is made by paho's thread, so a broker that
         # is away at start-up does not stop the service; paho reconnects with back-off.
+        properties = None
+        if self._on_command is not None:
+            # MQTT 5 Maximum Packet Size: the broker drops anything larger rather than sending it, so
+            # an oversized command never reaches the device's memory.
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            from edge_asd.remote import MAX_PACKET_BYTES
+
+            properties = Properties(PacketTypes.CONNECT)
+            properties.MaximumPacketSize = MAX_PACKET_BYTES
         self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s,
-                                   clean_start=True)
+                                   clean_start=True, properties=properties)
         self._client.loop_start()
         self._thread.start()
 
