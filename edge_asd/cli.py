@@ -16,6 +16,10 @@ from edge_asd import __version__
 from edge_asd.cli_options import false_alarm_rate_options
 from edge_asd.errors import EdgeASDError
 
+EXIT_CONFIG = 78
+"""``edge-asd run``'s exit code for a configuration or bundle error (sysexits' EX_CONFIG): permanent
+until someone fixes it, so the systemd unit does not restart on it. Other errors exit 1."""
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edge-asd")
@@ -110,14 +114,20 @@ def run(config_path, input_spec, bundle, device_id, db, realtime, loop, mqtt_hos
     """Run the detector service: audio → features → model → alarm → events.
 
     Events go to stdout as JSON lines, to the SQLite store and (if configured) to MQTT. SIGTERM or
-    Ctrl-C finishes the current period, flushes the sinks and exits 0.
+    Ctrl-C finishes the current period, flushes the sinks and exits 0. A configuration or bundle
+    error exits 78 (systemd does not restart on it), other errors 1.
     """
     import dataclasses
 
     from edge_asd.config import parse_input_spec
+    from edge_asd.errors import BundleError, ConfigError, ParameterError
     from edge_asd.service import run_service
 
-    config = _load_config(config_path)
+    try:
+        config = _load_config(config_path)
+    except (ConfigError, ParameterError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
     replace = dataclasses.replace
     inp = parse_input_spec(input_spec, config.input) if input_spec else config.input
     if realtime is not None:
@@ -140,7 +150,14 @@ def run(config_path, input_spec, bundle, device_id, db, realtime, loop, mqtt_hos
         service_cfg = replace(service_cfg, log_periods=log_periods)
     config = replace(config, input=inp, device=device, store=store, mqtt=mqtt, service=service_cfg)
     _setup_logging(config.service.log_level)
-    sys.exit(run_service(config))
+    try:
+        code = run_service(config)
+    except (BundleError, ConfigError, ParameterError) as exc:
+        # A wrong configuration or bundle does not fix itself: a distinct exit code that the unit's
+        # RestartPreventExitStatus names, so systemd does not restart into the same error for ever.
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_CONFIG)
+    sys.exit(code)
 
 
 @cli.command()

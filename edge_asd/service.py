@@ -544,7 +544,13 @@ class Service:
         """Start in the alarm state if the store holds an onset without its back-to-normal."""
         if self.store is None:
             return
-        open_alarm = self.store.open_alarm(self.config.device.id)
+        try:
+            open_alarm = self.store.open_alarm(self.config.device.id)
+        except Exception as exc:
+            # A damaged store must not stop detection (nor have systemd restart into it for ever).
+            log.error("cannot read the open alarm from the event store (%s): starting without it; "
+                      "move the store file away if this repeats", exc)
+            return
         if open_alarm is None:
             return
         self.alarm.resume_alarm()

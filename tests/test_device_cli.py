@@ -14,8 +14,8 @@ import pytest
 from tests.device_helpers import REPO, SEPARATING_THRESHOLD, copy_bundle, device_env, edge_asd, machine_clips, service_toml
 
 
-def assert_clean_failure(result: subprocess.CompletedProcess, *needles: str) -> None:
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+def assert_clean_failure(result: subprocess.CompletedProcess, *needles: str, code: int = 1) -> None:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr
     for needle in needles:
         assert needle in result.stderr, result.stderr
@@ -77,9 +77,11 @@ def test_unreadable_clip_is_an_error_not_a_zero_score(tmp_path, clip):
 def test_bad_toml(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text("[alarm]\nonset_k = 'three'\n")
-    assert_clean_failure(edge_asd("run", "--config", cfg), "alarm.onset_k", "expected an integer")
+    # run: 78 (EX_CONFIG) for a configuration error, which the systemd unit does not restart on.
+    assert_clean_failure(edge_asd("run", "--config", cfg), "alarm.onset_k", "expected an integer", code=78)
     cfg.write_text("[alarm\n")
-    assert_clean_failure(edge_asd("run", "--config", cfg), "invalid TOML")
+    assert_clean_failure(edge_asd("run", "--config", cfg), "invalid TOML", code=78)
+    assert_clean_failure(edge_asd("calibrate", "b", "--config", cfg), "invalid TOML")  # other commands: 1
 
 
 def test_no_audio_device(tmp_path):
@@ -176,7 +178,8 @@ def test_systemd_unit_verifies_and_install_script_parses(tmp_path):
     unit = (REPO / "systemd" / "edge-asd.service").read_text()
     for needle in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "User=edge-asd", "SupplementaryGroups=audio",
                    "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes", "NUMBA_CACHE_DIR=/var/lib/edge-asd",
-                   "/etc/edge-asd/"):
+                   "/etc/edge-asd/", "RestartPreventExitStatus=78", "StartLimitBurst=", "MemoryMax=",
+                   "SystemCallFilter=@system-service", "ProtectProc=invisible"):
         assert needle in unit
     assert subprocess.run(["bash", "-n", str(REPO / "systemd" / "install.sh")]).returncode == 0
     analyze = shutil.which("systemd-analyze")
@@ -188,3 +191,8 @@ def test_systemd_unit_verifies_and_install_script_parses(tmp_path):
     result = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "edge-asd.service" not in result.stderr, result.stderr  # no warnings about our unit
+    # The exposure figure the README quotes (systemd's own 0-10 scale, lower is safer).
+    security = subprocess.run([analyze, "security", "--offline=true", str(local)], capture_output=True, text=True, timeout=60)
+    assert security.returncode == 0, security.stderr
+    exposure = float(security.stdout.strip().splitlines()[-1].split("level for edge-asd.service:")[1].split()[0])
+    assert exposure <= 2.0, security.stdout[-3000:]

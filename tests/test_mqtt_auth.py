@@ -366,3 +366,47 @@ def test_password_file_readable_by_others_is_warned_about(tmp_path, caplog):
 def test_inconsistent_login_settings_are_refused_at_load(mqtt, match):
     with pytest.raises(ConfigError, match=match):
         parse_config({"mqtt": mqtt}, base=Path("."))
+
+
+def test_the_readmes_acl_confines_a_stolen_device_password_to_its_own_topics(tmp_path, pki):
+    """The ACL the README recommends (``pattern ... %u``), on a real mosquitto: logged in as one
+    device, a client may publish that device's topics only; never a command, never another device's
+    topics or Home Assistant configs."""
+    import re
+
+    import paho.mqtt.client as mqtt
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    acl = re.search(r"```\n(# mosquitto ACL \(acl_file\).*?)```", readme, re.S).group(1)
+    assert "pattern write edge-asd/%u/events" in acl
+    broker = AuthBroker(tmp_path / "broker", pki=pki, users={"pump07": PASSWORD, "operator": "op-" + PASSWORD}, acl=acl)
+    broker.start()
+    try:
+        def publish_as(user: str, password: str, topics: list[str]) -> dict[str, bool]:
+            acked: dict[int, bool] = {}
+            client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=f"acl-{user}",
+                                 protocol=mqtt.MQTTv5)
+            client.username_pw_set(user, password)
+            client.tls_set(ca_certs=str(pki.ca), certfile=str(pki.client_cert), keyfile=str(pki.client_key))
+            client.on_publish = lambda c, u, mid, rc, props: acked.__setitem__(mid, not rc.is_failure)
+            client.connect("127.0.0.1", broker.tls_port)
+            client.loop_start()
+            try:
+                mids = {topic: client.publish(topic, "x", qos=1).mid for topic in topics}
+                assert wait_until(lambda: all(m in acked for m in mids.values()), 10), "no PUBACK"
+            finally:
+                client.disconnect()
+                client.loop_stop()
+            return {topic: acked[mid] for topic, mid in mids.items()}
+
+        allowed = publish_as("pump07", PASSWORD, [
+            "edge-asd/pump07/events", "edge-asd/pump07/evidence", "homeassistant/sensor/pump07/score/config",
+            "edge-asd/pump07/command", "edge-asd/pump08/events", "homeassistant/sensor/pump08/score/config",
+            "edge-asd/pump08/command"])
+        assert allowed == {"edge-asd/pump07/events": True, "edge-asd/pump07/evidence": True,
+                           "homeassistant/sensor/pump07/score/config": True, "edge-asd/pump07/command": False,
+                           "edge-asd/pump08/events": False, "homeassistant/sensor/pump08/score/config": False,
+                           "edge-asd/pump08/command": False}
+        assert publish_as("operator", "op-" + PASSWORD, ["edge-asd/pump07/command"]) == {"edge-asd/pump07/command": True}
+    finally:
+        broker.stop()

@@ -352,7 +352,7 @@ def test_metrics_port_in_use_fails_the_start_with_the_port_and_the_key(setup, tm
         cfg = service_toml(tmp_path, bundle=bundle, inputs=setup[0] / "wavs", db=tmp_path / "events.sqlite",
                            extra=f"[health]\nmetrics_port = {port}\n")
         result = edge_asd("run", "--config", cfg, timeout=60)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.returncode == 78 and "Traceback" not in result.stderr  # a configuration error: no restart loop
     last = result.stderr.strip().splitlines()[-1]
     assert last == (f"error: health.metrics_port = {port}: port {port} is already in use on 127.0.0.1 (another edge-asd "
                     "or exporter?); choose another health.metrics_port or stop the other program"), result.stderr
