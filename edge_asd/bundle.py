@@ -248,6 +248,9 @@ class Threshold:
     def __post_init__(self) -> None:
         if not np.isfinite(self.value):
             raise ParameterError(f"threshold.value must be finite, got {self.value}")
+        if abs(self.value) > MAX_THRESHOLD:
+            raise ParameterError(f"threshold.value {self.value:g} is beyond +-{MAX_THRESHOLD:g}: no score reaches it, the "
+                                 "detector would never alarm; calibrate the bundle again")
         if isinstance(self.evidence, Mapping):
             object.__setattr__(self, "evidence", EvidenceRule.from_dict(self.evidence))
 
@@ -509,6 +512,10 @@ class Bundle:
         return out
 
 
+MAX_THRESHOLD = 1e6
+"""Largest threshold a bundle may hold (scores are standard deviations of normal window scores)."""
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -669,7 +676,10 @@ def read_bundle(path: str | os.PathLike, *, verify_files: bool = True) -> Bundle
             if not model_file.is_file():
                 raise BundleError(f"{model_file}: missing; the bundle is incomplete, re-export it")
             expected = bundle.model.sha256.get(which)
-            if expected and file_sha256(model_file) != expected:
+            if not expected:
+                # A bundle that records no digest would have none of its files checked.
+                raise BundleError(f"{meta}: records no sha256 for {name}; re-export the bundle (asd-train fit)")
+            if file_sha256(model_file) != expected:
                 raise BundleError(
                     f"{model_file}: does not match the digest in {meta} (truncated, corrupt or from "
                     "another bundle); re-copy the bundle"

@@ -387,7 +387,7 @@ def calibrate_bundle(
     from edge_asd.enrollment import describe_input
 
     detector = Detector.from_bundle(bundle_path, model=model, class_label=class_label)
-    source = open_source(inp, sr=detector.config.sr, realtime=False)
+    source = open_source(inp, sr=detector.config.sr, realtime=False, loop=False)
     n_channels = source.n_channels
     scores, audio_s = score_periods(detector, source, period_s=period_s, max_seconds=seconds)
     rules = fit_alarm_rules(scores, period_s=period_s, false_alarms_per_day=false_alarms_per_day, tail_fraction=tail_fraction)

@@ -237,7 +237,7 @@ def enroll_bundle(
     else:
         _check_files(inp, sr=sr, seconds=seconds, need_s=need_s)
     factory_detector = Detector(bundle, model=model, class_label=class_label)  # checks model and class first
-    source = open_source(inp, sr=sr, realtime=False)
+    source = open_source(inp, sr=sr, realtime=False, loop=False)
     log(f"reading up to {seconds:g} s of normal audio from {where} ...")
     mono, signal, correlation_p05 = _record(source, seconds=seconds)
     check_enrollment_audio(signal, where=where)

@@ -69,7 +69,7 @@ def record(out_dir, config_path, input_spec, seconds, clip_seconds, device_id, m
         profile=str(Path(config.source_path).resolve()) if config.source_path is not None else None,
         input_desc="",  # filled in once the source is open (a microphone's index is resolved then)
     )
-    source = open_source(inp, realtime=False)
+    source = open_source(inp, realtime=False, loop=False)
     try:
         plan = dataclasses.replace(plan, input_desc=_describe(inp, source))
         sr, n_ch = source.sr, source.n_channels

@@ -12,6 +12,7 @@ than raising a second onset (see :meth:`SQLiteStore.open_alarm`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -233,6 +234,7 @@ class SQLiteStore:
         self.dropped_events = 0
         self.on_failure: Any = None
         self._failing = False
+        self._locked = False  # the last write failed on another connection's lock
         self._pending: list[Event] = []
         self._inserts = 0
         self._last_prune = time.monotonic()
@@ -307,6 +309,8 @@ class SQLiteStore:
                 self.dropped_events += 1
                 log.error("event store %s: more than store.memory_events = %d events wait in memory; dropped the "
                           "oldest (%s %s, printed to stdout when raised)", self.path, self.memory_events, dropped.kind, dropped.id)
+            if self._locked and time.monotonic() - self._last_retry < STORE_RETRY_S:
+                return  # another writer holds the lock: retry() writes it in a while, detection must not wait
             self._write_pending()
 
     def retry(self, *, force: bool = False) -> None:
@@ -319,7 +323,13 @@ class SQLiteStore:
             self._write_pending()
 
     def _write_pending(self) -> None:
-        self._last_retry = time.monotonic()
+        try:
+            self._write_pending_once()
+        finally:
+            # Timed from the end of the attempt: a write that waited out a lock must not be retried at once.
+            self._last_retry = time.monotonic()
+
+    def _write_pending_once(self) -> None:
         if self._db is None:
             try:
                 self._connect()
@@ -327,6 +337,9 @@ class SQLiteStore:
                 self._fail(str(exc))
                 return
         written = 0
+        # The first attempt waits out another writer's lock (SQLITE_BUSY_TIMEOUT_S); retries while
+        # failing give up at once, so a lock held for minutes costs detection milliseconds per retry.
+        self._db.execute(f"PRAGMA busy_timeout = {100 if self._locked else int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
         while self._pending:
             event = self._pending[0]
             try:
@@ -341,8 +354,10 @@ class SQLiteStore:
                     if cur.rowcount:
                         self._track_alarm(event)
             except sqlite3.Error as exc:
+                self._locked = "locked" in str(exc) or "busy" in str(exc)
                 self._fail(f"{self.path}: cannot write event {event.id} ({exc}{self._diagnose()})")
                 return
+            self._locked = False
             self._pending.pop(0)
             written += 1
             self._inserts += 1
@@ -387,11 +402,16 @@ class SQLiteStore:
             if self._db is None:
                 return
             try:
+                # Every period, from the processing thread: never wait for another writer's lock.
+                self._db.execute("PRAGMA busy_timeout = 0")
                 with self._db:
                     self._db.execute("INSERT OR REPLACE INTO evidence_state (device, statistic, rule, updated) VALUES (?, ?, ?, ?)",
                                      (device, float(statistic), rule, time.time()))
             except sqlite3.Error as exc:
                 log.debug("event store %s: cannot save the evidence (%s)", self.path, exc)
+            finally:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
 
     def remember_nonce(self, nonce: str, seen: float, *, keep_s: float) -> bool:
         """Record a signed command's nonce; ``False`` if it was recorded before (a replay). Nonces

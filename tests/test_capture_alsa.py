@@ -102,10 +102,11 @@ class Running:
         for line in stream:
             buf.append(line)
 
-    def wait_for(self, text: str, timeout: float = 90.0, *, where: str = "err") -> None:
+    def wait_for(self, text: str, timeout: float = 90.0, *, where: str = "err", count: int = 1) -> None:
+        """Wait until ``text`` appeared in ``count`` lines."""
         buf = self.err if where == "err" else self.out
         deadline = time.monotonic() + timeout
-        while not any(text in line for line in list(buf)):
+        while sum(text in line for line in list(buf)) < count:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"{text!r} never appeared (exit {self.proc.poll()}):\n{''.join(self.err)[-4000:]}")
             time.sleep(0.05)
@@ -319,6 +320,44 @@ def test_record_writes_exactly_the_samples_the_device_delivered(device, tmp_path
 # an input overrun (paInputOverflowed; the null-clocked file PCM never overruns). Everything else is
 # real: the device is enumerated, opened and read by PortAudio, and its disappearance from the ALSA
 # configuration is what the reconnecting source finds at every reopen until it is declared again.
+def test_a_device_that_opens_but_never_delivers_backs_off_and_raises_one_sensor_lost(device, bundle, tmp_path):
+    """The review's flood: a microphone that opens but fails its first read gave 2,116 sensor_lost /
+    sensor_back pairs in 5 s. Now: one sensor_lost, no sensor_back until audio comes, reopen attempts
+    spaced by the back-off; then audio, one sensor_back, and detection goes on."""
+    db = tmp_path / "events.sqlite"
+    cfg = mic_toml(tmp_path, bundle=bundle, db=db)
+    control = tmp_path / "fault"
+    env = alsa_env(device)
+    env["EDGE_ASD_TEST_FAULTS"] = str(control)
+    run = Running([sys.executable, "-c", FAULTS_LAUNCHER, "run", "--config", str(cfg), "--input", f"mic:{device.name}"], env)
+    try:
+        run.wait_for("capturing from device")
+        device.feed(wav_frames(one_wav(tmp_path / "a", ["normal"])), speed=4.0)
+        device.wait_drained()
+        time.sleep(0.3)
+        control.write_text("dead")  # from the next read on, every read fails before it returns audio
+        device.feed(device.silence(0.1), speed=1000)
+        run.wait_for("stopped delivering audio")
+        for _ in range(4):  # the device keeps opening and failing: each attempt waits its back-off
+            device.feed(device.silence(0.1), speed=1000)
+            time.sleep(0.5)
+        lines = [line for line in run.err if "opened but delivered no audio" in line]
+        assert 1 <= len(lines) <= 6, lines  # 0.5 s, then 1.0 s (reconnect_max_s) between attempts: not thousands
+        control.unlink()
+        run.wait_for("capturing from device", count=len(lines) + 2)
+        device.feed(wav_frames(one_wav(tmp_path / "b", ["normal"] * 2, seed=5)), speed=4.0)
+        device.wait_drained()
+        run.wait_for("is back after")
+        time.sleep(0.5)
+        rc, out, err = run.stop(device)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, err
+    events = [e["kind"] for e in json_lines(out) if e["type"] == "event"]
+    assert events.count("sensor_lost") == 1 and events.count("sensor_back") == 1, events
+
+
 FAULTS_LAUNCHER = '''
 import os, sys
 import pyaudio
@@ -343,6 +382,8 @@ def _open(self, *args, **kwargs):
 
     def read(num_frames, exception_on_overflow=True):
         data = real_read(num_frames, exception_on_overflow=exception_on_overflow)
+        if os.path.exists(CONTROL) and open(CONTROL).read().strip() == "dead":  # stays until removed
+            raise OSError(pyaudio.paUnanticipatedHostError, "Unanticipated host error (test: dead device)")
         fault = _take_fault()  # after the read: the block in flight is lost with the device
         if fault == "overflow":
             raise OSError(pyaudio.paInputOverflowed, "Input overflowed (test)")
@@ -389,8 +430,9 @@ def test_a_device_that_vanishes_gives_sensor_lost_then_sensor_back_and_nothing_e
         run.wait_for("stopped delivering audio")
         run.wait_for("retrying in 1.0 s")  # back-off: 0.5 s, then 1.0 s (reconnect_max_s)
         device.declare()
-        run.wait_for("is back after")
+        run.wait_for("capturing from device", count=2)  # reopened; back only once it delivers audio
         device.feed(wav_frames(after), speed=4.0)
+        run.wait_for("is back after")
         device.wait_drained()
         run.wait_for('"kind":"back_to_normal"', where="out")
         time.sleep(0.5)

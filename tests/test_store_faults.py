@@ -185,3 +185,33 @@ def test_a_full_disk_is_published_over_mqtt_and_its_events_follow_when_space_ret
                 sub.close()
     finally:
         broker.stop()
+
+
+def test_another_writer_holding_the_lock_does_not_stall_detection(tmp_path):
+    """The review's stall: an external write lock on the store held the processing thread in 5 s busy
+    waits, one per event and retry, and 17 of 25 s of audio were dropped. Now the first write waits
+    the lock out once; while the store fails, events queue and retries give up at once."""
+    path = tmp_path / "events.sqlite"
+    store = SQLiteStore(path)
+    other = sqlite3.connect(path, timeout=0.1, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # an external writer (a backup, a curious sqlite3 shell) holds the lock
+    blocked = 0.0
+    events = [Event.create(device="d", kind="onset", stream_time_s=float(i), score=1.0, threshold=0.5) for i in range(20)]
+    start = time.monotonic()
+    for event in events:  # one event and one retry every 0.25 s, as a busy detector would, for 5 s ... ish
+        t = time.monotonic()
+        store.emit(event)
+        store.retry()
+        store.save_evidence("d", statistic=1.0, rule="r")
+        blocked += time.monotonic() - t
+        time.sleep(0.25)
+    elapsed = time.monotonic() - start
+    # One wait of SQLITE_BUSY_TIMEOUT_S (5 s) for the first event; the rest queued (without the fix:
+    # 20 x 5 s for the events alone).
+    assert blocked < 7.0, (blocked, elapsed)
+    assert store.pending_in_memory == len(events)
+    other.execute("ROLLBACK")
+    other.close()
+    store.retry(force=True)
+    assert store.pending_in_memory == 0 and [e["id"] for e in store.events()] == [e.id for e in events]
+    store.close()

@@ -245,12 +245,10 @@ class MicrophoneSource:
                 self.reconnects += 1
                 continue
             log.info("capturing from device %d: %d ch at %d Hz", self.index, self.n_channels, self.sr)
-            backoff = RECONNECT_FIRST_S
-            if lost_at is not None:
-                outage_s = time.monotonic() - lost_at
-                log.warning("audio device %r is back after %.1f s (%d reopen attempt(s))", self.device, outage_s, attempts)
-                self._status(SENSOR_BACK, index=self.index, outage_s=round(outage_s, 3), attempts=attempts)
-                lost_at, attempts = None, 0
+            # The device is back (and the back-off reset) only once it delivers audio: one that opens
+            # and then fails its first read would otherwise be reopened at once, for ever, with a
+            # sensor_lost / sensor_back pair each time (thousands a minute in the store).
+            delivered = False
             try:
                 while not self._stop.is_set():
                     try:
@@ -261,13 +259,30 @@ class MicrophoneSource:
                             self.overflows += 1
                             continue
                         raise
+                    if not delivered:
+                        delivered = True
+                        backoff = RECONNECT_FIRST_S
+                        if lost_at is not None:
+                            outage_s = time.monotonic() - lost_at
+                            log.warning("audio device %r is back after %.1f s (%d reopen attempt(s))", self.device,
+                                        outage_s, attempts)
+                            self._status(SENSOR_BACK, index=self.index, outage_s=round(outage_s, 3), attempts=attempts)
+                            lost_at, attempts = None, 0
                     data = np.frombuffer(raw, dtype=np.int16).reshape(-1, self.n_channels)
                     yield data.astype(np.float32) * np.float32(1.0 / INT16_FULL_SCALE)
             except OSError as exc:
-                log.error("audio device %d (%r) stopped delivering audio (%s); reconnecting", self.index, self.device, exc)
-                lost_at = time.monotonic()
-                self._status(SENSOR_LOST, index=self.index, error=str(exc))
                 self.reconnects += 1
+                if lost_at is None:
+                    log.error("audio device %d (%r) stopped delivering audio (%s); reconnecting", self.index, self.device, exc)
+                    lost_at = time.monotonic()
+                    self._status(SENSOR_LOST, index=self.index, error=str(exc))
+                if not delivered:
+                    attempts += 1
+                    log.error("audio device %r opened but delivered no audio (%s); retrying in %.1f s", self.device, exc,
+                              backoff)
+                    if self._stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, self.reconnect_max_s)
             finally:
                 with contextlib.suppress(OSError):
                     stream.stop_stream()

@@ -196,14 +196,17 @@ class FolderSource(FileListSource):
         return str(self.folder)
 
 
-def open_source(config, *, sr: int | None = None, realtime: bool | None = None) -> AudioSource:
+def open_source(config, *, sr: int | None = None, realtime: bool | None = None, loop: bool | None = None) -> AudioSource:
     """Open the source an :class:`edge_asd.config.InputConfig` describes.
 
     ``sr`` (Hz) makes file sources resample whole files to the model's rate (exact, unlike
     block-wise resampling); a microphone must be configured at that rate. ``realtime`` overrides
-    ``config.realtime`` for files (calibration reads as fast as possible).
+    ``config.realtime`` for files (calibration reads as fast as possible); ``loop`` overrides
+    ``config.loop`` (record, calibrate and enroll read each file once: a file played again is not
+    more audio of the site).
     """
     pace = config.realtime if realtime is None else realtime
+    repeat = config.loop if loop is None else loop
     rate = sr or config.sample_rate_hz
     if config.kind == "microphone" and rate != config.sample_rate_hz:
         raise ParameterError(
@@ -212,9 +215,9 @@ def open_source(config, *, sr: int | None = None, realtime: bool | None = None) 
         )
     common = dict(sr=rate, channels=config.channels, block_size=config.block_size)
     if config.kind == "wav":
-        return WavFileSource(config.path, realtime=pace, loop=config.loop, **common)
+        return WavFileSource(config.path, realtime=pace, loop=repeat, **common)
     if config.kind == "folder":
-        return FolderSource(config.path, realtime=pace, loop=config.loop, **common)
+        return FolderSource(config.path, realtime=pace, loop=repeat, **common)
     from edge_asd.audio.microphone import MicrophoneSource
 
     return MicrophoneSource(
