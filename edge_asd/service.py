@@ -53,6 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edge_asd.alarm import AlarmLogic, ExcludedStretches, PeriodResult
+from edge_asd.signal_quality import StateChange
 from edge_asd.errors import EdgeASDError
 from edge_asd.frontend import StreamingFrontend
 
@@ -349,10 +350,17 @@ class Service:
 
         if hasattr(self.source, "on_status"):
             self.source.on_status = on_status
+        from edge_asd.signal_quality import PaceMonitor
+
+        pace = PaceMonitor(sr) if self.source.realtime else None
         try:
             for block in self.source.blocks():
                 if self._stop.is_set():
                     break
+                if pace is not None:
+                    change = pace.update(block.shape[0], time.monotonic())
+                    if change is not None:
+                        self._put_blocking(change)
                 now = getattr(self.source, "overflows", 0)
                 if now > overflows:
                     gap += (now - overflows) * block_size
@@ -632,6 +640,9 @@ class Service:
             if isinstance(item, _SourceStatus):
                 self._handle_status(item)
                 continue
+            if isinstance(item, StateChange):  # the capture's pace check
+                self._handle_state(item)
+                continue
             self._process_block(*item)
             last_audio = time.monotonic()
             if stalled:
@@ -713,6 +724,9 @@ class Service:
                 return
             if isinstance(item, _SourceStatus):
                 self._handle_status(item)
+                continue
+            if isinstance(item, StateChange):  # the capture's pace check
+                self._handle_state(item)
                 continue
             self._process_block(*item)
 

@@ -43,6 +43,7 @@ __all__ = [
     "BlockCheck",
     "StateChange",
     "Debouncer",
+    "PaceMonitor",
     "SignalQualityMonitor",
     "check_block",
     "channel_correlation",
@@ -630,3 +631,53 @@ def assess_clip(samples: np.ndarray, sr: int, config: SignalQualityConfig, *, bl
         reason = max(bad_s, key=bad_s.get)
         return reason, {"since_s": 0.0}
     return "ok", {}
+
+
+PACE_WINDOW_S = 5.0
+"""Wall time over which a real-time source's pace is judged, seconds."""
+PACE_FAST = 1.5
+"""A real-time source that delivers more than this many seconds of audio per second is faulty."""
+PACE_OK = 1.2
+"""... and is fine again at or below this pace (hysteresis)."""
+
+
+class PaceMonitor:
+    """Whether a source that should deliver audio in real time (a microphone) does.
+
+    A capture device that hands out far more audio than time passes (a driver replaying its buffer,
+    a misconfigured loopback, a file posing as a microphone) is not listening to the machine now:
+    a ``sensor_fault`` with reason ``faster_than_realtime`` pauses anomaly decisions until its pace
+    is back to real time (``sensor_ok``). Judged on the capture side, from block arrival times,
+    so a processing backlog being worked off is never mistaken for it.
+    """
+
+    def __init__(self, sr: int, *, window_s: float = PACE_WINDOW_S) -> None:
+        self.sr = int(sr)
+        self.window_s = float(window_s)
+        self._points: collections.deque[tuple[float, int]] = collections.deque()
+        self._samples = 0
+        self.faulted = False
+
+    def update(self, n_samples: int, now: float) -> StateChange | None:
+        """A block of ``n_samples`` arrived at monotonic time ``now`` (seconds); the change it causes."""
+        self._samples += int(n_samples)
+        self._points.append((now, self._samples))
+        while len(self._points) > 2 and now - self._points[1][0] >= self.window_s:
+            self._points.popleft()
+        first_t, first_n = self._points[0]
+        span = now - first_t
+        if span < self.window_s:
+            return None
+        pace = (self._samples - first_n) / self.sr / span
+        stream_s = self._samples / self.sr
+        if not self.faulted and pace > PACE_FAST:
+            self.faulted = True
+            return StateChange(kind="sensor_fault", state="sensor_pace", active=True, time_s=stream_s,
+                               since_s=stream_s - span * pace, reason="faster_than_realtime", value=pace, limit=PACE_FAST,
+                               details={"reason": "faster_than_realtime", "audio_s_per_s": round(pace, 3)})
+        if self.faulted and pace <= PACE_OK:
+            self.faulted = False
+            return StateChange(kind="sensor_ok", state="sensor_pace", active=False, time_s=stream_s,
+                               since_s=stream_s - span * pace, reason="real time again", value=pace, limit=PACE_OK,
+                               details={"reason": "faster_than_realtime", "audio_s_per_s": round(pace, 3)})
+        return None

@@ -520,3 +520,51 @@ def test_a_restart_during_an_alarm_resumes_it_instead_of_raising_a_second_onset(
     assert third.returncode == 0, third.stderr
     assert "resuming" not in third.stderr
     assert [e["kind"] for e in json_lines(third.stdout) if e["type"] == "event"] == ["onset", "back_to_normal"]
+
+
+def test_a_live_source_faster_than_real_time_is_a_sensor_fault(setup):
+    """A capture device that hands out audio far faster than time passes (a driver replaying its
+    buffer) is not the machine now: sensor_fault (faster_than_realtime), decisions paused, and
+    sensor_ok once its pace is real time again. Judged from block arrival times."""
+    from edge_asd.config import Config
+    from edge_asd.detector import Detector
+    from edge_asd.service import Notifier, Service
+
+    _, bundle, _ = setup
+
+    class RacingSource:
+        sr, n_channels, realtime, overflows, block_size = SR, 1, True, 0, 1600
+
+        def blocks(self):
+            rng = np.random.default_rng(0)
+            for speed, wall_s in ((3.0, 6.0), (1.0, 6.5)):
+                for _ in range(int(wall_s * speed / 0.1)):
+                    time.sleep(0.1 / speed)
+                    yield (0.05 * rng.standard_normal((1600, 1))).astype(np.float32)
+
+        def stop(self):
+            pass
+
+        def close(self):
+            pass
+
+    class Events:
+        def __init__(self):
+            self.events = []
+
+        def emit(self, event):
+            self.events.append(event)
+
+        def write_line(self, line):
+            pass
+
+        def close(self):
+            pass
+
+    seen = Events()
+    service = Service(Config(), detector=Detector.from_bundle(bundle), source=RacingSource(), sinks=[seen], stdout=seen,
+                      notifier=Notifier({}))
+    assert service.run() == 0
+    pace = [e for e in seen.events if e.details.get("reason") == "faster_than_realtime"]
+    assert [e.kind for e in pace] == ["sensor_fault", "sensor_ok"], [(e.kind, e.details) for e in seen.events]
+    assert pace[0].score > 1.5 and pace[1].score <= 1.2  # audio seconds per second of wall time
