@@ -1,7 +1,7 @@
 """``python -m benchmarks``: every performance figure of the project, side by side, in one run.
 
     python -m benchmarks --quick                  # CI: small and fast; fails on a missing figure
-    python -m benchmarks --update-readme          # full run; rewrites the README's performance section
+    python -m benchmarks --update-readme          # full run; rewrites docs/performance.md (the benchmarks section)
     python -m benchmarks --toycar-results FILE    # full run, quality table from a finished toycar run
 
 Writes ``benchmarks/results/<date>-<host>.{json,md}`` and prints the markdown. Sections: front end,
@@ -30,7 +30,7 @@ from benchmarks.toycar import frames_label  # noqa: E402
 KINDS = ("dense-ae", "conv-ae", "lstm-ae", "cnn-lstm")
 RESULTS = REPO / "benchmarks" / "results"
 WORK = REPO / "benchmarks" / "work"
-README = REPO / "README.md"
+README = REPO / "docs" / "performance.md"
 MARK_START, MARK_END = "<!-- benchmarks:start -->", "<!-- benchmarks:end -->"
 GOALS = {"e2e_speedup_min": 20.0, "rtf_max": 0.005, "int8_auc_delta_max": 0.005, "int8_kb_max": 256.0, "rss_mb_max": 150.0}
 
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny data and few repeats (seconds to a few minutes); for CI")
     parser.add_argument("--toycar-results", type=Path, help="use this benchmarks.toycar JSON for the quality table instead of training it here")
-    parser.add_argument("--update-readme", action="store_true", help="rewrite README.md's performance section with this run")
+    parser.add_argument("--update-readme", action="store_true", help="rewrite docs/performance.md (the performance page) with this run")
     args = parser.parse_args(argv)
     if args.toycar_results is not None and not args.toycar_results.is_file():
         # Checked before minutes of measuring, not after them.

@@ -31,7 +31,7 @@ from edge_asd.errors import ParameterError
 from edge_asd.evidence import SECONDS_PER_WEEK, EvidenceRule, fit_evidence_rule
 
 __all__ = ["BundleCalibration", "CalibrationResult", "AlarmRules", "calibrate_bundle", "fit_threshold", "fit_alarm_rules",
-           "score_periods", "threshold_record", "resolve_rate", "SECONDS_PER_DAY", "MIN_PERIODS", "DEFAULT_FALSE_ALARMS_PER_DAY",
+           "score_periods", "threshold_record", "resolve_rate", "check_threshold_setting", "SECONDS_PER_DAY", "MIN_PERIODS", "DEFAULT_FALSE_ALARMS_PER_DAY",
            "EVIDENCE_SHARE"]
 
 SECONDS_PER_DAY = 86_400.0
@@ -275,7 +275,7 @@ def score_periods(detector: Any, source: Any, *, period_s: float, max_seconds: f
     Reads until the source ends or ``max_seconds`` of audio were read. The last, partial period is
     kept only if it holds at least half a period of windows' worth of time.
     """
-    from edge_asd.service import StreamingScorer
+    from edge_asd.streaming import StreamingScorer
 
     scorer = StreamingScorer(detector, n_channels=source.n_channels)
     averager = PeriodAverager(period_s)
@@ -384,7 +384,7 @@ def calibrate_bundle(
     from edge_asd.audio.sources import open_source
     from edge_asd.bundle import update_threshold
     from edge_asd.detector import Detector
-    from edge_asd.enrollment import describe_input
+    from edge_asd.audio.sources import describe_input
 
     detector = Detector.from_bundle(bundle_path, model=model, class_label=class_label)
     source = open_source(inp, sr=detector.config.sr, realtime=False, loop=False)
@@ -397,3 +397,35 @@ def calibrate_bundle(
         update_threshold(bundle_path, threshold_record(rules, input_desc=what, model=model, calibrated_for=calibrated_for))
     return BundleCalibration(result=rules.threshold, rules=rules, previous=detector.bundle.threshold, input_desc=what,
                              audio_s=audio_s, written=not dry_run)
+
+
+def check_threshold_setting(bundle: Any, config: Any, *, n_channels: int) -> str:
+    """Start-up check of the bundle's threshold against the running configuration.
+
+    Returns a warning (``""`` when none) for a threshold never calibrated or enrolled on site: it
+    was set on training audio, which is not the sound where the device is mounted. Raises
+    :class:`~edge_asd.errors.BundleError` when the threshold's record says it was set for another
+    period length, model, machine class or channel count: its false-alarm rate would be wrong.
+    """
+    from edge_asd.errors import BundleError
+
+    t = bundle.threshold
+    for key, running in (("period_s", config.alarm.period_s), ("model", config.device.model),
+                         ("class_label", config.device.class_label), ("n_channels", n_channels)):
+        if key not in t.calibrated_for:
+            continue
+        recorded = t.calibrated_for[key]
+        same = math.isclose(recorded, running) if key == "period_s" else recorded == running
+        if not same:
+            raise BundleError(
+                f"{bundle.path / 'bundle.json'}: the threshold was set ({t.source}, {t.created}) for {key} {recorded!r} but "
+                f"this configuration runs {key} {running!r}; re-run 'edge-asd calibrate' or 'edge-asd enroll' with this "
+                "configuration, or change it back"
+            )
+    if t.source == "training":
+        return (f"the threshold of {bundle.path} was set on training audio, never calibrated or enrolled on site; "
+                "expect a false-alarm rate other than stated: run 'edge-asd enroll' (or 'edge-asd calibrate')")
+    if t.evidence is None and config.alarm.evidence:
+        return (f"the threshold of {bundle.path} has no evidence rule ({t.details.get('evidence_note') or 'set before it existed'}): "
+                "small faults that persist are not heard; run 'edge-asd calibrate' with enough normal audio")
+    return ""

@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from edge_asd import __version__
-from edge_asd.cli_options import false_alarm_rate_options
+from edge_asd.cli_options import false_alarm_rate_options, load_config_or_default as _load_config
 from edge_asd.errors import EdgeASDError
 
 EXIT_CONFIG = 78
@@ -89,12 +89,6 @@ def _setup_logging(level: str) -> None:
 
     # journald adds its own timestamps; keep ours for plain terminals too (cheap, and greppable).
     logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()), format=LOG_FORMAT)
-
-
-def _load_config(path: Path | None):
-    from edge_asd.config import Config, load_config
-
-    return load_config(path) if path is not None else Config()
 
 
 @cli.command()
@@ -215,7 +209,7 @@ def calibrate(bundle, input_spec, config_path, seconds, false_alarms_per_week, f
     """
     from edge_asd.calibration import calibrate_bundle, resolve_rate
     from edge_asd.config import parse_input_spec
-    from edge_asd.enrollment import describe_input
+    from edge_asd.audio.sources import describe_input
 
     false_alarms_per_day = resolve_rate(per_day=false_alarms_per_day, per_week=false_alarms_per_week)
     config = _load_config(config_path)

@@ -1,12 +1,21 @@
-"""Click options shared by the device and trainer commands (no other imports: any CLI may use it)."""
+"""What the command modules share (click options, reading a device profile), so that each command
+module imports this and :mod:`edge_asd.cli` registers them all, without an import circle."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-__all__ = ["false_alarm_rate_options"]
+__all__ = ["false_alarm_rate_options", "load_config_or_default"]
+
+
+def load_config_or_default(path: Path | None) -> Any:
+    """The device profile at ``path`` (validated), or the built-in defaults when ``None``."""
+    from edge_asd.config import Config, load_config
+
+    return load_config(path) if path is not None else Config()
 
 
 def false_alarm_rate_options(f: Callable[..., Any]) -> Callable[..., Any]:

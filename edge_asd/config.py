@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from edge_asd.alarm import AlarmConfig
+from edge_asd.health import HealthConfig
 from edge_asd.errors import ConfigError, ParameterError
 from edge_asd.machine_state import MachineStateConfig
 from edge_asd.signal_quality import SignalQualityConfig
@@ -243,47 +244,6 @@ class RuntimeConfig:
             raise ParameterError(f"service.log_level must be debug/info/warning/error, got {self.log_level!r}")
         if self.stats_interval_s <= 0:
             raise ParameterError(f"service.stats_interval_s must be > 0, got {self.stats_interval_s}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class HealthConfig:
-    """``edge-asd status`` and the optional Prometheus endpoint (see :mod:`edge_asd.health`)."""
-
-    state_file: Path | None = None
-    """JSON file the running service keeps up to date and ``edge-asd status`` reads. Unset:
-    ``/run/edge-asd/state.json`` when ``/run/edge-asd`` exists (the systemd unit's
-    ``RuntimeDirectory``), else next to the event store (``events.sqlite`` -> ``events.state.json``)."""
-    write_interval_s: float = 5.0
-    """Rewrite the state file at least this often, seconds (also at every period and state
-    change); ``edge-asd status`` calls a file older than 3 x this stale."""
-    metrics_port: int = 0
-    """TCP port of the Prometheus text endpoint (``/metrics``); 0 = off."""
-    metrics_bind: str = "127.0.0.1"
-    """Address the endpoint listens on: loopback by default (the figures stay on the device);
-    ``0.0.0.0`` or ``::`` lets a Prometheus server elsewhere scrape it."""
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.write_interval_s) and 0.1 <= self.write_interval_s <= 3600):
-            raise ParameterError(f"health.write_interval_s must be 0.1 to 3600 seconds, got {self.write_interval_s!r}")
-        if not 0 <= self.metrics_port < 65536:
-            raise ParameterError(f"health.metrics_port must be 1..65535 (0 = no metrics endpoint), got {self.metrics_port}")
-        if not _is_address_or_host_name(self.metrics_bind):
-            raise ParameterError("health.metrics_bind must be an IP address (127.0.0.1, 0.0.0.0, ::1) or a host name, "
-                                 f"got {self.metrics_bind!r}")
-
-
-def _is_address_or_host_name(value: str) -> bool:
-    import ipaddress
-    import re
-
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        pass
-    # RFC 1123 labels: letters, digits and inner hyphens, at most 63 characters each.
-    label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    return len(value) <= 253 and re.fullmatch(rf"{label}(?:\.{label})*\.?", value) is not None
 
 
 @dataclass(frozen=True, kw_only=True)

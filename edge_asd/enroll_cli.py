@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.cli_options import false_alarm_rate_options
+from edge_asd.cli_options import false_alarm_rate_options, load_config_or_default as _load_config
 
 __all__ = ["enroll"]
 
@@ -44,7 +44,6 @@ def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_week, fals
     the bundle's features (a lower sample rate, another channel count than the profile) or is
     shorter than 10 periods.
     """
-    from edge_asd.cli import _load_config
     from edge_asd.config import parse_input_spec
     from edge_asd.enrollment import _summary, enroll_bundle, rollback_bundle
 

@@ -44,6 +44,7 @@ from edge_asd.bundle import (
     BackendRef, Bundle, Enrollment, EnrollmentValues, Normalization, ScoreScaling, SiteEnrollment, file_sha256, read_bundle,
     write_bundle,
 )
+from edge_asd.audio.sources import describe_input
 from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, MIN_PERIODS, AlarmRules, CalibrationResult, fit_alarm_rules, score_periods, threshold_record
 from edge_asd.errors import AudioFileError, BundleError, ParameterError
 from edge_asd.machine_state import frame_level_record
@@ -58,13 +59,6 @@ REPLAY_BLOCK = 1600
 """Samples per block when the recorded audio is replayed through the service's scorer."""
 SITE_BACKEND_PREFIX = "backend_site_"
 """File names of site back ends: ``backend_site_<first 12 hex digits of its SHA-256>.npz``."""
-
-
-def describe_input(inp: Any) -> str:
-    """How an :class:`edge_asd.config.InputConfig` is named in messages and records."""
-    if inp.kind == "microphone":
-        return f"microphone {inp.device if inp.device is not None else '(default)'}"
-    return str(inp.path)
 
 
 @dataclass(frozen=True, kw_only=True)

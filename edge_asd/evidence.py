@@ -44,11 +44,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
+from edge_asd.bundle import DEFAULT_SHIFT_SD, EvidenceRule
 from edge_asd.errors import ParameterError
 
 __all__ = [
@@ -57,8 +57,6 @@ __all__ = [
 ]
 
 SECONDS_PER_WEEK = 7 * 86_400.0
-DEFAULT_SHIFT_SD = 1.0
-"""The shift the rule is tuned to, in standard deviations of the normal period scores (k = 0.5)."""
 MIN_EVIDENCE_PERIODS = 30
 """Fewer normal periods than this cannot support the rule: the reference mean would be uncertain
 by more than a fifth of a standard deviation, and that error adds to the drift of every period."""
@@ -70,87 +68,6 @@ MIN_CROSSINGS = 10
 MAX_STREAM_PERIODS = 100_000
 """Longest simulated stream per replicate; rarer rates are extrapolated (and flagged)."""
 _LEVELS = np.round(np.arange(0.5, 60.01, 0.25), 2)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EvidenceRule:
-    """A calibrated one-sided CUSUM over standardised period scores (stored in the bundle's threshold)."""
-
-    reference_mean: float
-    """Mean of the site's normal period scores (score units)."""
-    reference_std: float
-    """Standard deviation of the site's normal period scores (score units), > 0."""
-    decision_level: float
-    """``h``: an onset when the statistic reaches it, in standard deviations."""
-    false_alarms_per_week: float
-    """The false-alarm rate ``h`` was calibrated for."""
-    period_s: float
-    """Length of the periods the scores were measured in, seconds."""
-    shift_sd: float = DEFAULT_SHIFT_SD
-    """The shift the rule is tuned to (``k = shift_sd / 2``), standard deviations."""
-    method: str = "cusum-sieve-bootstrap"
-    details: Mapping[str, Any] = field(default_factory=dict)
-    """How it was fitted: periods, autoregression order, replicates, whether ``h`` was extrapolated, the
-    expected delays (``delay_s``: shift in SD -> seconds), a statement."""
-
-    def __post_init__(self) -> None:
-        for name in ("reference_mean", "reference_std", "decision_level", "false_alarms_per_week", "period_s", "shift_sd"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise ParameterError(f"evidence.{name} must be a finite number, got {value!r}")
-        for name in ("reference_std", "decision_level", "false_alarms_per_week", "period_s", "shift_sd"):
-            if not getattr(self, name) > 0:
-                raise ParameterError(f"evidence.{name} must be > 0, got {getattr(self, name)!r}")
-
-    @property
-    def allowance(self) -> float:
-        """``k``: subtracted from every standardised score, standard deviations."""
-        return self.shift_sd / 2
-
-    def standardise(self, score: float) -> float:
-        """A period score in standard deviations of the normal period scores."""
-        return (float(score) - self.reference_mean) / self.reference_std
-
-    def delay_s(self, shift_sd: float = 1.0) -> float | None:
-        """Expected time to an onset after a shift of ``shift_sd`` begins, seconds (as fitted)."""
-        value = dict(self.details.get("delay_s", {})).get(f"{shift_sd:g}")
-        return None if value is None else float(value)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> "EvidenceRule":
-        if not isinstance(raw, Mapping):
-            raise ParameterError(f"threshold.evidence must be an object, got {raw!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise ParameterError(f"threshold.evidence has unknown keys {sorted(unknown)}")
-        data = dict(raw)
-        data["details"] = dict(data.get("details", {}))
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise ParameterError(f"threshold.evidence is incomplete: {exc}") from exc
-
-    def statement(self) -> str:
-        d = self.details
-        delay = self.delay_s(1.0)
-        parts = [
-            f"CUSUM over period scores standardised with mean {self.reference_mean:.4g} and sd {self.reference_std:.4g}: "
-            f"k = {self.allowance:g}, alarm level h = {self.decision_level:.3g} for {self.false_alarms_per_week:g} "
-            f"false alarm(s)/week at {self.period_s:g} s periods",
-        ]
-        if delay is not None:
-            parts.append(f"a shift of 1 sd is heard after about {_duration(delay)} on average")
-        if d.get("extrapolated"):
-            parts.append("h is extrapolated beyond the simulated rates")
-        return "; ".join(parts)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 class Cusum:

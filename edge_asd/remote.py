@@ -202,7 +202,8 @@ def verify_bundle(path: Path, config: Any, *, sr: int, n_channels: int) -> Any:
     (:func:`edge_asd.service.check_threshold_setting`). Raises an :class:`EdgeASDError` naming
     what is wrong."""
     from edge_asd.detector import Detector
-    from edge_asd.service import StreamingScorer, check_threshold_setting
+    from edge_asd.calibration import check_threshold_setting
+    from edge_asd.streaming import StreamingScorer
 
     detector = Detector.from_bundle(path, model=config.device.model, num_threads=config.device.num_threads,
                                     class_label=config.device.class_label)

@@ -55,7 +55,8 @@ import numpy as np
 from edge_asd.alarm import AlarmLogic, ExcludedStretches, PeriodResult
 from edge_asd.signal_quality import StateChange
 from edge_asd.errors import EdgeASDError
-from edge_asd.frontend import StreamingFrontend
+from edge_asd.calibration import check_threshold_setting
+from edge_asd.streaming import StreamingScorer
 
 __all__ = ["Notifier", "StreamingScorer", "ServiceStats", "Service", "build_monitors", "check_threshold_setting", "run_service"]
 
@@ -127,105 +128,6 @@ class Notifier:
             self._last_ping = now
 
 
-class StreamingScorer:
-    """Feature frames in, timed window scores out; windows span the boundaries of pushes.
-
-    Parameters
-    ----------
-    detector
-        A :class:`edge_asd.detector.Detector`.
-    n_channels
-        Channels of the audio blocks.
-
-    A ``neg_log_prob`` bundle's machine class is the detector's ``class_label``.
-    """
-
-    def __init__(self, detector: Any, *, n_channels: int) -> None:
-        self.detector = detector
-        self.n_channels = n_channels
-        self.frontend = StreamingFrontend(detector.config, n_channels=n_channels)
-        self._n = detector.bundle.window.n_frames
-        self._hop = detector.bundle.window.hop_frames
-        self._seconds_per_frame = detector.config.hop_length / detector.config.sr
-        half_fft_s = detector.config.n_fft / 2 / detector.config.sr
-        self.window_reach_s = ((self._n - 1) * self._seconds_per_frame + half_fft_s, half_fft_s)
-        """How far a window's audio reaches before and after its time (its last frame's centre), seconds."""
-        self.last_frames = np.empty((0, detector.config.n_features), dtype=np.float32)
-        self.reset()
-
-    @property
-    def time_s(self) -> float:
-        """Stream time so far (gaps included), seconds."""
-        return self._clock / self.detector.config.sr
-
-    def reset(self) -> None:
-        """Start a new stream (time 0)."""
-        self._clock = 0  # samples on the stream's timeline so far, gaps included
-        self._segment_start = 0  # timeline sample where the current run of contiguous audio began
-        self.n_windows = 0
-        self._restart_segment()
-
-    def _restart_segment(self) -> None:
-        self.frontend.reset()
-        self._buffer = np.empty((0, self.detector.config.n_features), dtype=np.float32)
-        self._base = 0  # frame index (in the segment) of _buffer[0]
-        self._next = 0  # frame index (in the segment) where the next window starts
-
-    def push(self, block: np.ndarray) -> list[tuple[float, float]]:
-        """Add an audio block; return ``(time_s, score)`` of each window it completes.
-
-        ``time_s`` is the centre time of the window's last frame, seconds from the stream start
-        (gaps included, see :meth:`skip`).
-        """
-        self._clock += block.shape[0]
-        # Kept for the machine-state monitor, which gates on the raw (un-normalised) frame level.
-        self.last_frames = self.frontend.push(block)
-        return self._add_frames(self.last_frames)
-
-    def switched_to(self, detector: Any) -> "StreamingScorer":
-        """A scorer for ``detector`` that goes on at this one's stream time. Its audio starts afresh,
-        as after a gap: no window mixes frames normalised for two bundles."""
-        new = StreamingScorer(detector, n_channels=self.n_channels)
-        new._clock = new._segment_start = self._clock
-        return new
-
-    def skip(self, n_samples: int) -> None:
-        """A gap of ``n_samples`` lost samples: time moves on by it, and the audio after it starts
-        afresh (new frames, new windows). The frames since the last complete window are dropped
-        rather than zero-padded: a padded window scores as audio that was never heard."""
-        if n_samples <= 0:
-            return
-        self._clock += int(n_samples)
-        self._segment_start = self._clock
-        self._restart_segment()
-
-    def flush(self) -> list[tuple[float, float]]:
-        """End of stream: the last frames' windows (then the scorer is reset)."""
-        out = self._add_frames(self.frontend.flush())
-        self.reset()
-        return out
-
-    def _add_frames(self, frames: np.ndarray) -> list[tuple[float, float]]:
-        if frames.shape[0] == 0:
-            return []
-        # A selective detector normalises each window twice (two sets of values), an ensemble once
-        # per model: they take raw frames.
-        raw = self.detector.needs_raw_windows
-        new = frames.astype(np.float32, copy=False) if raw else self.detector.normalize(frames)
-        buf = np.concatenate([self._buffer, new]) if self._buffer.size else new
-        score_one = self.detector.score_raw_window if raw else self.detector.score_window
-        out = []
-        end = self._base + buf.shape[0]
-        while self._next + self._n <= end:
-            lo = self._next - self._base
-            score = score_one(buf[lo : lo + self._n])
-            out.append((self._segment_start / self.detector.config.sr + (self._next + self._n - 1) * self._seconds_per_frame, score))
-            self._next += self._hop
-            self.n_windows += 1
-        keep_from = min(self._next, end) - self._base
-        self._buffer = buf[keep_from:]
-        self._base += keep_from
-        return out
 
 
 @dataclass
@@ -796,38 +698,6 @@ def build_monitors(config: Any, detector: Any, *, n_channels: int) -> tuple[Any,
     return quality, machine
 
 
-def check_threshold_setting(bundle: Any, config: Any, *, n_channels: int) -> str:
-    """Start-up check of the bundle's threshold against the running configuration.
-
-    Returns a warning (``""`` when none) for a threshold never calibrated or enrolled on site: it
-    was set on training audio, which is not the sound where the device is mounted. Raises
-    :class:`~edge_asd.errors.BundleError` when the threshold's record says it was set for another
-    period length, model, machine class or channel count: its false-alarm rate would be wrong.
-    """
-    from edge_asd.errors import BundleError
-
-    t = bundle.threshold
-    for key, running in (("period_s", config.alarm.period_s), ("model", config.device.model),
-                         ("class_label", config.device.class_label), ("n_channels", n_channels)):
-        if key not in t.calibrated_for:
-            continue
-        recorded = t.calibrated_for[key]
-        same = math.isclose(recorded, running) if key == "period_s" else recorded == running
-        if not same:
-            raise BundleError(
-                f"{bundle.path / 'bundle.json'}: the threshold was set ({t.source}, {t.created}) for {key} {recorded!r} but "
-                f"this configuration runs {key} {running!r}; re-run 'edge-asd calibrate' or 'edge-asd enroll' with this "
-                "configuration, or change it back"
-            )
-    if t.source == "training":
-        return (f"the threshold of {bundle.path} was set on training audio, never calibrated or enrolled on site; "
-                "expect a false-alarm rate other than stated: run 'edge-asd enroll' (or 'edge-asd calibrate')")
-    if t.evidence is None and config.alarm.evidence:
-        return (f"the threshold of {bundle.path} has no evidence rule ({t.details.get('evidence_note') or 'set before it existed'}): "
-                "small faults that persist are not heard; run 'edge-asd calibrate' with enough normal audio")
-    return ""
-
-
 def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable[[Service], None] | None = None) -> int:
     """Build everything from ``config`` and run the service; returns the exit code.
 
@@ -866,8 +736,10 @@ def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable
         remote = RemoteOperations(config, sr=source.sr, n_channels=source.n_channels,
                                   status=lambda: health.snapshot().to_dict(), nonces=store)
     if config.mqtt.enabled:
+        from edge_asd.remote import MAX_PACKET_BYTES
+
         forwarder = MqttForwarder(config.mqtt, device_id=config.device.id, store=store,
-                                  on_command=None if remote is None else remote.submit)
+                                  on_command=None if remote is None else remote.submit, max_packet_bytes=MAX_PACKET_BYTES)
         store.on_failure = forwarder.publish_store_failure
         if store.failed_writes:
             forwarder.publish_store_failure(f"event store {store.path}: cannot be opened (see the journal)")

@@ -578,12 +578,14 @@ class MqttForwarder:
     """
 
     def __init__(self, config: Any, *, device_id: str, store: SQLiteStore,
-                 on_command: Callable[..., None] | None = None) -> None:
+                 on_command: Callable[..., None] | None = None, max_packet_bytes: int = 8192) -> None:
         try:
             import paho.mqtt.client as mqtt
         except ImportError as exc:
             raise ConfigError("mqtt.enabled = true but paho-mqtt is not installed; pip install 'edge-asd[device]'") from exc
         self._mqtt = mqtt
+        self.max_packet_bytes = int(max_packet_bytes)
+        """MQTT 5 Maximum Packet Size asked of the broker when commands are taken, bytes."""
         self.config = config
         self.store = store
         self.topics = DeviceTopics(topic_prefix=config.topic_prefix, device_id=device_id)
@@ -780,10 +782,8 @@ class MqttForwarder:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
-            from edge_asd.remote import MAX_PACKET_BYTES
-
             properties = Properties(PacketTypes.CONNECT)
-            properties.MaximumPacketSize = MAX_PACKET_BYTES
+            properties.MaximumPacketSize = self.max_packet_bytes
         self._client.connect_async(self.config.host, self.config.port, keepalive=self.config.keepalive_s,
                                    clean_start=True, properties=properties)
         self._client.loop_start()

@@ -369,14 +369,14 @@ def test_inconsistent_login_settings_are_refused_at_load(mqtt, match):
 
 
 def test_the_readmes_acl_confines_a_stolen_device_password_to_its_own_topics(tmp_path, pki):
-    """The ACL the README recommends (``pattern ... %u``), on a real mosquitto: logged in as one
+    """The ACL the security page (docs/security.md) recommends (``pattern ... %u``), on a real mosquitto: logged in as one
     device, a client may publish that device's topics only; never a command, never another device's
     topics or Home Assistant configs."""
     import re
 
     import paho.mqtt.client as mqtt
 
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
     acl = re.search(r"```\n(# mosquitto ACL \(acl_file\).*?)```", readme, re.S).group(1)
     assert "pattern write edge-asd/%u/events" in acl
     broker = AuthBroker(tmp_path / "broker", pki=pki, users={"pump07": PASSWORD, "operator": "op-" + PASSWORD}, acl=acl)

@@ -31,9 +31,14 @@ def test_recipes_are_listed_and_the_benchmarks_take_theirs_from_the_product() ->
 
     listed = asd_train("recipes", timeout=120)
     assert listed.returncode == 0, listed.stderr
+    for name, recipe in RECIPES.items():  # what works is listed; the research record only behind its flag
+        assert (f"{name}:" in listed.stdout) != recipe.research and (recipe.measured in listed.stdout) != recipe.research
+    assert f"{DEFAULT_RECIPE} (default)" in listed.stdout and "auto (RESEARCH)" not in listed.stdout
+    assert {r.name for r in RECIPES.values() if r.research} == {"short-cnn-lstm", "mfn-arcface"}
+    everything = asd_train("recipes", "--research", timeout=120)
     for name, recipe in RECIPES.items():
-        assert f"{name}" in listed.stdout and recipe.measured in listed.stdout
-    assert f"{DEFAULT_RECIPE} (default)" in listed.stdout
+        assert f"{name}" in everything.stdout and recipe.measured in everything.stdout
+    assert "mfn-arcface (RESEARCH: measured not to work)" in everything.stdout and "auto (RESEARCH)" in everything.stdout
     assert "short-cnn-lstm" not in AUTO_CANDIDATES and len(AUTO_CANDIDATES) >= 4
     # the benchmark trains exactly the product's recipes (same objects, same training config)
     for kind, recipe in toycar.SETTINGS.items():

@@ -414,7 +414,7 @@ def markdown_summary(summary: Mapping[str, Any]) -> str:
         ]
     sel = summary.get("recipe_selection")
     if sel:
-        from trainer.select import selection_markdown
+        from trainer.report import selection_markdown
 
         lines += [selection_markdown(sel), ""]
     return "\n".join(lines)

@@ -306,6 +306,12 @@ def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, holdout_grou
                  "n_frames": n_frames, "hop_frames": hop_frames, "epochs": epochs, "normalization": normalization}
     if recipe != AUTO:
         get_recipe(recipe).with_overrides(**overrides)  # a bad recipe or frame setting fails before any data is read
+        if get_recipe(recipe).research:
+            click.echo(f"note: {recipe} is a research recipe, measured not to work ({get_recipe(recipe).measured}); "
+                       f"the default {DEFAULT_RECIPE} is the measured best", err=True)
+    else:
+        click.echo("note: --recipe auto is experimental: on ToyCar it chose the worst recipe (benchmarks/results/toycar_auto.md)",
+                   err=True)
     candidates = tuple(name.strip() for name in candidate_list.split(",") if name.strip())
     if recipe == AUTO:
         if len(candidates) < 2:
@@ -319,7 +325,7 @@ def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, holdout_grou
         holdout_group=holdout_group, site_clips=site_clips,
     )
     if res["selection"]:
-        from trainer.select import selection_markdown
+        from trainer.report import selection_markdown
 
         click.echo(selection_markdown(res["selection"]))
     if res["evaluation"]:
@@ -329,10 +335,14 @@ def fit(data_root: Path, layout, machine, ids, snr, protocol, seed, holdout_grou
 
 
 @click.command("recipes")
-def recipes() -> None:
-    """List the training recipes: what each sets and where it was measured."""
+@click.option("--research", is_flag=True, help="Also list the research recipes, measured not to work (chance on "
+              "ToyCar), and --recipe auto (experimental).")
+def recipes(research: bool) -> None:
+    """List the training recipes that work: what each sets and where it was measured."""
     for r in RECIPES.values():
-        tag = " (default)" if r.name == DEFAULT_RECIPE else ""
+        if r.research and not research:
+            continue
+        tag = " (default)" if r.name == DEFAULT_RECIPE else " (RESEARCH: measured not to work)" if r.research else ""
         auto = "" if r.name in AUTO_CANDIDATES else "; not an --recipe auto candidate: needs several machine IDs / attributes"
         click.echo(f"{r.name}{tag}: {r.summary}")
         click.echo(f"  sets      {r.model}, {r.features} n_fft {r.n_fft} / hop_length {r.hop_length} / n_mels {r.n_mels} at "
@@ -340,7 +350,12 @@ def recipes() -> None:
                    f"{r.hop_frames or 'default'}, batch {r.batch_size}, up to {r.epochs} epochs"
                    + (f", back end {r.backend}" if r.backend != "none" else "") + auto)
         click.echo(f"  measured  {r.measured or 'not measured'}")
-    click.echo(f"auto: trains {', '.join(AUTO_CANDIDATES)} and keeps the best on synthetic faults made from held-out normal clips")
+    if not research:
+        hidden = [r.name for r in RECIPES.values() if r.research]
+        click.echo(f"(research recipes {', '.join(hidden)} and --recipe auto are measured not to work: asd-train recipes --research)")
+        return
+    click.echo(f"auto (RESEARCH): trains {', '.join(AUTO_CANDIDATES)} and keeps the best on synthetic faults made from held-out "
+               "normal clips")
     click.echo("  experimental: on ToyCar it chose the worst of them (benchmarks/results/toycar_auto.md); use the default")
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "ReportSummary",
     "ScoredRow",
     "evaluate_rows",
+    "selection_markdown",
     "write_report",
 ]
 
@@ -598,3 +599,25 @@ def write_report(
         columns=summaries,
         files=tuple([json_path, md_path, *files]),
     )
+
+
+def selection_markdown(table: Mapping[str, Any]) -> str:
+    """The ``--recipe auto`` table: every candidate's pseudo-AUC, per fault family and severity."""
+    rows = table["candidates"]
+    families = list(rows[0]["per_family"]) if rows else []
+    severities = list(rows[0]["per_severity"]) if rows else []
+    lines = [
+        f"Recipe chosen without anomalies (--recipe auto, seed {table.get('seed', 0)}): **{table['chosen']}**. "
+        f"Pseudo-AUC = {table['metric']}.",
+        "",
+        "| recipe | pseudo-AUC | " + " | ".join(families) + " | " + " | ".join(severities) + " | int8 KB | train s |",
+        "|---|---|" + "---|" * (len(families) + len(severities)) + "---|---|",
+    ]
+    for r in rows:
+        mark = " (chosen)" if r["recipe"] == table["chosen"] else ""
+        lines.append(
+            f"| {r['recipe']}{mark} | {r['pseudo_auc']:.4f} | " + " | ".join(f"{r['per_family'][f]:.3f}" for f in families)
+            + " | " + " | ".join(f"{r['per_severity'][s]:.3f}" for s in severities) + f" | {r['int8_kb']:.1f} | {r['train_time_s']:.0f} |"
+        )
+    lines.append(f"\n{rows[0]['n_normal'] if rows else 0} held-out normal clips, {rows[0]['n_faulted'] if rows else 0} synthetic faults made from them.")
+    return "\n".join(lines)

@@ -27,6 +27,7 @@ import numpy as np
 from edge_asd.bundle import Bundle, read_bundle, write_bundle
 from edge_asd.errors import ParameterError
 from trainer.recipes import AUTO_CANDIDATES, Recipe, get_recipe
+from trainer.report import selection_markdown
 
 __all__ = ["SelectedRecipe", "CandidateScore", "pseudo_auc_table", "select_recipe", "selection_markdown", "MIN_VAL_CLIPS"]
 
@@ -205,23 +206,3 @@ def select_recipe(
             tmp.cleanup()
 
 
-def selection_markdown(table: Mapping[str, Any]) -> str:
-    """The ``--recipe auto`` table: every candidate's pseudo-AUC, per fault family and severity."""
-    rows = table["candidates"]
-    families = list(rows[0]["per_family"]) if rows else []
-    severities = list(rows[0]["per_severity"]) if rows else []
-    lines = [
-        f"Recipe chosen without anomalies (--recipe auto, seed {table.get('seed', 0)}): **{table['chosen']}**. "
-        f"Pseudo-AUC = {table['metric']}.",
-        "",
-        "| recipe | pseudo-AUC | " + " | ".join(families) + " | " + " | ".join(severities) + " | int8 KB | train s |",
-        "|---|---|" + "---|" * (len(families) + len(severities)) + "---|---|",
-    ]
-    for r in rows:
-        mark = " (chosen)" if r["recipe"] == table["chosen"] else ""
-        lines.append(
-            f"| {r['recipe']}{mark} | {r['pseudo_auc']:.4f} | " + " | ".join(f"{r['per_family'][f]:.3f}" for f in families)
-            + " | " + " | ".join(f"{r['per_severity'][s]:.3f}" for s in severities) + f" | {r['int8_kb']:.1f} | {r['train_time_s']:.0f} |"
-        )
-    lines.append(f"\n{rows[0]['n_normal'] if rows else 0} held-out normal clips, {rows[0]['n_faulted'] if rows else 0} synthetic faults made from them.")
-    return "\n".join(lines)

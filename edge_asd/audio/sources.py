@@ -227,3 +227,10 @@ def open_source(config, *, sr: int | None = None, realtime: bool | None = None, 
         block_size=config.block_size,
         reconnect_max_s=config.reconnect_max_s,
     )
+
+
+def describe_input(inp: Any) -> str:
+    """How an :class:`edge_asd.config.InputConfig` is named in messages and records."""
+    if inp.kind == "microphone":
+        return f"microphone {inp.device if inp.device is not None else '(default)'}"
+    return str(inp.path)
