@@ -77,7 +77,7 @@ def make_models(work: Path, *, quick: bool, seed: int = 0) -> tuple[dict[str, di
 
 def quick_parity(models: dict[str, dict[str, Any]], test_clips: list) -> list[dict[str, Any]]:
     """Float vs int8 AUC of each kind on the synthetic test clips (same harness as ``asd-train evaluate``)."""
-    from edge_asd.bundle import read_bundle
+    from edge_asd.scoring.bundle import read_bundle
     from trainer.evaluate import class_label_for, score_clips
     from trainer.metrics import auc, pauc
 

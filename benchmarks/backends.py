@@ -5,10 +5,10 @@
 
 **Quality (DCASE 2023 ToyCar, ``../shared/data``; skipped with a message if absent).** For each seed
 the default recipe (``short-conv-ae``) is trained once on the 330 *source-domain* training clips (the
-factory) and exported (int8 + float). Its per-band error vectors (:func:`edge_asd.backends.band_errors`,
+factory) and exported (int8 + float). Its per-band error vectors (:func:`edge_asd.scoring.backends.band_errors`,
 int8 model) are computed once for the training, validation, target and test clips, and every back end
 is fitted on them (scikit-learn, :mod:`trainer.backends`) and scored in numpy
-(:mod:`edge_asd.backends`), clip score = mean window score as on the device:
+(:mod:`edge_asd.scoring.backends`), clip score = mean window score as on the device:
 
 - factory part: the source training windows (the trainer's split: validation clips held out);
 - site part (``knn`` site bank, ``selective-mahalanobis`` target statistics): the 10 target-domain
@@ -31,7 +31,7 @@ target clip.
 
 Each chosen back end is also attached to a copy of the seed's bundle (``trainer.export.add_backend``:
 factory score scaling and threshold re-fitted through it) and three test clips are scored through
-``edge_asd.detector.Detector`` (TFLite, the device path) against the numpy figure above.
+``edge_asd.scoring.detector.Detector`` (TFLite, the device path) against the numpy figure above.
 
 **Device cost.** On seed 0's bundles: per-window latency (median, one thread) of the AE alone and of
 the AE + back end as the detector runs them, and the real-time factor of the streaming path
@@ -96,7 +96,7 @@ def band_errors_of(detector: Any, paths: list[Path], *, cache_dir: Path | None) 
 
 
 def represent_all(errors: list[np.ndarray], representation: str) -> list[np.ndarray]:
-    from edge_asd.backends import represent
+    from edge_asd.scoring.backends import represent
 
     return [represent(e, representation) for e in errors]
 
@@ -173,8 +173,8 @@ def loo_target_scores(kind: str, fitted: Any, target_vectors: list[np.ndarray]) 
 
 
 def run_seed(seed: int, epochs: int | None, out: Path) -> dict[str, Any]:
-    from edge_asd.bundle import read_bundle
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.bundle import read_bundle
+    from edge_asd.scoring.detector import Detector
     from trainer.datasets import read_dataset
     from trainer.export import add_backend, export_bundle
     from trainer.faults import write_pseudo_anomalies
@@ -254,7 +254,7 @@ def device_check(base: Path, dst: Path, kind: str, fitted: Any, rep: str, result
     """Attach the back end to a copy of the bundle and score a few test clips through the device's
     detector: the relative difference to the numpy clip score (scaled by the bundle's score scaling)."""
     from edge_asd.audio import read_wav
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
 
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(base, dst)
@@ -279,7 +279,7 @@ def cost(bundles: dict[str, Path], clip: np.ndarray, *, rounds: int = 9, n_windo
     median round in ``*_median``): on a shared machine, a burst of load then hits every back end
     alike instead of whichever ran at that moment.
     """
-    from edge_asd.detector import Detector, window_view
+    from edge_asd.scoring.detector import Detector, window_view
     from edge_asd.frontend import compute_features
     from edge_asd.service import StreamingScorer
 

@@ -25,7 +25,7 @@ from benchmarks._common import REPO
 
 import numpy as np  # noqa: E402
 
-DEVICE_MODULES = "edge_asd.service, edge_asd.detector, edge_asd.runtime, edge_asd.audio.sources, edge_asd.sinks, edge_asd.cli"
+DEVICE_MODULES = "edge_asd.service, edge_asd.scoring.detector, edge_asd.scoring.runtime, edge_asd.audio.sources, edge_asd.events, edge_asd.cli"
 
 
 def device_toml(work: Path, *, bundle: Path, folder: Path, channels: int) -> Path:
@@ -78,8 +78,8 @@ def reference_rtf(keras_model: Any, bundle_path: Path, clips: list[Path]) -> dic
     import librosa
 
     from edge_asd.audio import read_wav
-    from edge_asd.bundle import read_bundle
-    from edge_asd.detector import window_view
+    from edge_asd.scoring.bundle import read_bundle
+    from edge_asd.scoring.detector import window_view
 
     bundle = read_bundle(bundle_path)
     cfg, win = bundle.features, bundle.window

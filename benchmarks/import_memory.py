@@ -96,10 +96,10 @@ _DEVICE_PATH = _STAGES + """
 stage("Python")
 import numpy as np
 stage("+ numpy")
-import edge_asd.cli, edge_asd.config, edge_asd.service, edge_asd.detector, edge_asd.audio.sources, edge_asd.sinks
-import edge_asd.machine_state, edge_asd.signal_quality
+import edge_asd.cli, edge_asd.config, edge_asd.service, edge_asd.scoring.detector, edge_asd.audio.sources, edge_asd.events
+import edge_asd.decision.machine_state, edge_asd.decision.signal_quality
 stage("+ the modules of edge-asd run (edge_asd.cli, config, service, detector, audio.sources, sinks, ...)")
-from edge_asd.detector import Detector
+from edge_asd.scoring.detector import Detector
 detector = Detector.from_bundle(sys.argv[1])
 stage("+ the bundle and its int8 model in the LiteRT interpreter")
 from edge_asd.frontend import StreamingFrontend

@@ -55,8 +55,8 @@ def tflite_runtime_latency(paths: list[Path], *, repeats: int) -> dict[str, Any]
 
 
 def litert_latency(path: Path, *, repeats: int) -> dict[str, float]:
-    """One model through LiteRT, as the device calls it (``edge_asd.runtime.TFLiteModel``)."""
-    from edge_asd.runtime import TFLiteModel
+    """One model through LiteRT, as the device calls it (``edge_asd.scoring.runtime.TFLiteModel``)."""
+    from edge_asd.scoring.runtime import TFLiteModel
 
     model = TFLiteModel(path, num_threads=1, runtime="litert")
     x = np.random.default_rng(0).standard_normal(model.input_shape).astype(np.float32)
@@ -75,7 +75,7 @@ def run(models: dict[str, dict[str, Any]], *, repeats: int) -> dict[str, dict[st
     files = {(kind, which): m["bundle"] / f"model_{which}.tflite" for kind, m in models.items() for which in ("int8", "float")}
     tfl = tflite_runtime_latency(list(files.values()), repeats=repeats)
     for kind, m in models.items():
-        from edge_asd.bundle import read_bundle
+        from edge_asd.scoring.bundle import read_bundle
 
         shape = tuple(read_bundle(m["bundle"]).model.input_shape)
         row: dict[str, Any] = {}

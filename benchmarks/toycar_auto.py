@@ -48,7 +48,7 @@ def run_seed(seed: int, epochs: int | None, out: Path, resume: bool = False, val
     from trainer.fit_cli import fit_bundle
     from trainer.protocols import make_splits
 
-    from edge_asd.bundle import read_bundle
+    from edge_asd.scoring.bundle import read_bundle
 
     t0 = time.perf_counter()
     candidates_dir = out / f"seed{seed}" / "candidates"

@@ -12,7 +12,7 @@ the real target-domain clips.
 Each fold's int8 model is scored through the device runtime (clip score = mean window score):
 
 - ``factory``: as trained and exported;
-- ``enrolled``: after ``edge-asd enroll``'s code (:func:`edge_asd.enrollment.enroll_bundle`) on the
+- ``enrolled``: after ``edge-asd enroll``'s code (:func:`edge_asd.decision.enrollment.enroll_bundle`) on the
   site clips: normalisation, score scaling and threshold re-fitted;
 - ``knn-factory``: a k-NN back end (:mod:`trainer.backends`) over the per-band error vectors with
   the factory memory bank only (training clips of the other cars);
@@ -103,7 +103,7 @@ def _site_folder(split, d: Path) -> Path:
 
 def _enroll(src: Path, dst: Path, site: Path, *, selective: bool = False) -> dict:
     from edge_asd.config import InputConfig
-    from edge_asd.enrollment import enroll_bundle
+    from edge_asd.decision.enrollment import enroll_bundle
 
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)

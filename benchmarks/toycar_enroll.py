@@ -43,7 +43,7 @@ PERIOD_S = 10.0
 
 def _clip_scores(bundle: Path, paths: list[Path]) -> np.ndarray:
     from edge_asd.audio import read_wav
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
 
     det = Detector.from_bundle(bundle)
     out = []
@@ -56,9 +56,9 @@ def _clip_scores(bundle: Path, paths: list[Path]) -> np.ndarray:
 def run(recipe_name: str, seed: int, epochs: int | None, out: Path) -> dict:
     import dataclasses
 
-    from edge_asd.bundle import read_bundle
+    from edge_asd.scoring.bundle import read_bundle
     from edge_asd.config import InputConfig
-    from edge_asd.enrollment import enroll_bundle
+    from edge_asd.decision.enrollment import enroll_bundle
     from trainer.datasets import read_dataset
     from trainer.export import export_bundle
     from trainer.metrics import auc

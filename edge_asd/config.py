@@ -4,9 +4,9 @@ Every error names the offending key (``input.channels: expected an integer, got 
 in the file are relative to the file's directory. CLI flags override values with
 :func:`dataclasses.replace` after loading, never by editing the file.
 
-Sections: ``[device]``, ``[input]``, ``[alarm]`` (see :class:`edge_asd.alarm.AlarmConfig`),
-``[signal]`` (:class:`edge_asd.signal_quality.SignalQualityConfig`), ``[machine]``
-(:class:`edge_asd.machine_state.MachineStateConfig`), ``[store]``, ``[mqtt]``, ``[service]`` and ``[health]``. See ``firmware_config/*.toml`` for complete examples.
+Sections: ``[device]``, ``[input]``, ``[alarm]`` (see :class:`edge_asd.decision.alarm.AlarmConfig`),
+``[signal]`` (:class:`edge_asd.decision.signal_quality.SignalQualityConfig`), ``[machine]``
+(:class:`edge_asd.decision.machine_state.MachineStateConfig`), ``[store]``, ``[mqtt]``, ``[service]`` and ``[health]``. See ``firmware_config/*.toml`` for complete examples.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from edge_asd.alarm import AlarmConfig
-from edge_asd.health import HealthConfig
+from edge_asd.decision.alarm import AlarmConfig
+from edge_asd.events.health import HealthConfig
 from edge_asd.errors import ConfigError, ParameterError
-from edge_asd.machine_state import MachineStateConfig
-from edge_asd.signal_quality import SignalQualityConfig
+from edge_asd.decision.machine_state import MachineStateConfig
+from edge_asd.decision.signal_quality import SignalQualityConfig
 
 __all__ = [
     "DeviceConfig",
@@ -175,7 +175,7 @@ class MqttConfig:
     """At shutdown, try this long to deliver the outbox; the rest goes at the next start, seconds."""
     discovery: bool = True
     """Publish Home Assistant MQTT discovery configs (retained) on every connection; see
-    :mod:`edge_asd.mqtt_discovery`. The retained state topics are published either way."""
+    :mod:`edge_asd.events.discovery`. The retained state topics are published either way."""
     discovery_prefix: str = "homeassistant"
     """Discovery topic prefix (Home Assistant's ``discovery_prefix``)."""
     remote_commands: bool = False

@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY
+from edge_asd.decision.calibration import DEFAULT_FALSE_ALARMS_PER_DAY
 from edge_asd.errors import EdgeASDError
 
 __all__ = ["COMMANDS", "Command", "CommandError", "CommandOutcome", "RemoteOperations", "exchange_dirs",
@@ -197,13 +197,13 @@ def exchange_dirs(a: Path, b: Path) -> None:
 def verify_bundle(path: Path, config: Any, *, sr: int, n_channels: int) -> Any:
     """Load and check the bundle at ``path`` for ``config`` and return its detector.
 
-    Checks the model files against their sha256 (:func:`edge_asd.bundle.read_bundle`), the
+    Checks the model files against their sha256 (:func:`edge_asd.scoring.bundle.read_bundle`), the
     interpreter, one scored window, and the threshold's record against the configuration
     (:func:`edge_asd.service.check_threshold_setting`). Raises an :class:`EdgeASDError` naming
     what is wrong."""
-    from edge_asd.detector import Detector
-    from edge_asd.calibration import check_threshold_setting
-    from edge_asd.streaming import StreamingScorer
+    from edge_asd.scoring.detector import Detector
+    from edge_asd.decision.calibration import check_threshold_setting
+    from edge_asd.scoring.streaming import StreamingScorer
 
     detector = Detector.from_bundle(path, model=config.device.model, num_threads=config.device.num_threads,
                                     class_label=config.device.class_label)
@@ -447,7 +447,7 @@ class RemoteOperations:
         self._worker.start()
 
     def _running_threshold(self) -> float:
-        from edge_asd.bundle import read_bundle
+        from edge_asd.scoring.bundle import read_bundle
 
         return float(read_bundle(self.bundle_path, verify_files=False).threshold.value)
 
@@ -471,9 +471,9 @@ class RemoteOperations:
 
     def _fit_on_recording(self, command: Command, wav_path: Path) -> tuple[str, dict[str, Any], Any]:
         """Calibrate or enroll a copy of the running bundle on the recording, then install it."""
-        from edge_asd.calibration import calibrate_bundle
+        from edge_asd.decision.calibration import calibrate_bundle
         from edge_asd.config import InputConfig
-        from edge_asd.enrollment import enroll_bundle
+        from edge_asd.decision.enrollment import enroll_bundle
 
         staging = self.bundle_path.with_name(f".{self.bundle_path.name}.staging-{_safe(command.id)}")
         try:

@@ -24,11 +24,11 @@ again, and stream time moves on by the outage (wall time), so periods after it s
 of the room. Device overruns are counted in the stats (``overflows``).
 
 Between the raw blocks and the alarm logic sit two monitors with their own events:
-:class:`~edge_asd.signal_quality.SignalQualityMonitor` on every block (``sensor_fault`` /
+:class:`~edge_asd.decision.signal_quality.SignalQualityMonitor` on every block (``sensor_fault`` /
 ``sensor_ok``: silence, clipping, DC offset, dropouts, a dead or decorrelated array channel) and
-:class:`~edge_asd.machine_state.MachineStateMonitor` on the block's feature frames
+:class:`~edge_asd.decision.machine_state.MachineStateMonitor` on the block's feature frames
 (``machine_idle`` / ``machine_running``). While either state holds, anomaly decisions pause
-(:meth:`~edge_asd.alarm.AlarmLogic.hold`); windows over a faulty or idle-level block stay out of
+(:meth:`~edge_asd.decision.alarm.AlarmLogic.hold`); windows over a faulty or idle-level block stay out of
 every period's mean.
 
 An onset still open in the event store when the service starts (it was stopped during an alarm)
@@ -52,11 +52,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edge_asd.alarm import AlarmLogic, ExcludedStretches, PeriodResult
-from edge_asd.signal_quality import StateChange
+from edge_asd.decision.alarm import AlarmLogic, ExcludedStretches, PeriodResult
+from edge_asd.decision.signal_quality import StateChange
 from edge_asd.errors import EdgeASDError
-from edge_asd.calibration import check_threshold_setting
-from edge_asd.streaming import StreamingScorer
+from edge_asd.decision.calibration import check_threshold_setting
+from edge_asd.scoring.streaming import StreamingScorer
 
 __all__ = ["Notifier", "StreamingScorer", "ServiceStats", "Service", "build_monitors", "check_threshold_setting", "run_service"]
 
@@ -167,7 +167,7 @@ def _rule_key(rule: Any) -> str:
 
 def _utc_before(seconds: float) -> str:
     """The UTC time ``seconds`` before now, formatted as event times are."""
-    from edge_asd.sinks import utc_iso
+    from edge_asd.events import utc_iso
 
     return utc_iso(time.time() - max(0.0, seconds))
 
@@ -189,17 +189,17 @@ class Service:
         store's outbox). A sink with ``on_period(result, threshold)`` also gets every closed
         period (MQTT retains the last score).
     stdout
-        The :class:`edge_asd.sinks.StdoutSink` (also receives period lines when configured).
+        The :class:`edge_asd.events.StdoutSink` (also receives period lines when configured).
     notifier
         sd_notify messenger.
     store
-        The :class:`edge_asd.sinks.SQLiteStore`, if any: its open alarm is resumed at start.
+        The :class:`edge_asd.events.SQLiteStore`, if any: its open alarm is resumed at start.
     remote
         The :class:`edge_asd.remote.RemoteOperations`, if remote commands are on: it gets every
         block (a remote calibrate / enroll records from the stream), and each outcome it reports
         is a ``command`` event; an outcome with a detector is switched to between two blocks.
     health
-        The :class:`edge_asd.health.HealthWriter`, if any. It follows the sinks (every event and
+        The :class:`edge_asd.events.health.HealthWriter`, if any. It follows the sinks (every event and
         period, after they are stored and sent; closed first, which writes its ``stopped``
         snapshot), and gets the counters at every turn of the loop.
     """
@@ -252,7 +252,7 @@ class Service:
 
         if hasattr(self.source, "on_status"):
             self.source.on_status = on_status
-        from edge_asd.signal_quality import PaceMonitor
+        from edge_asd.decision.signal_quality import PaceMonitor
 
         pace = PaceMonitor(sr) if self.source.realtime else None
         try:
@@ -337,8 +337,8 @@ class Service:
                 sink.on_period(result, self.alarm.threshold)
         if result.event is None:
             return
-        from edge_asd.alarm import EVENT_ONSET
-        from edge_asd.sinks import Event
+        from edge_asd.decision.alarm import EVENT_ONSET
+        from edge_asd.events import Event
 
         onset_id = {} if result.event == EVENT_ONSET or self._open_onset_id is None else {"onset_id": self._open_onset_id}
         event = Event.create(
@@ -393,7 +393,7 @@ class Service:
 
     def _handle_status(self, status: _SourceStatus) -> None:
         """Raise a ``sensor_lost`` / ``sensor_back`` event (decisions pause meanwhile: no audio)."""
-        from edge_asd.sinks import Event
+        from edge_asd.events import Event
 
         self._sensor_lost = status.kind == "sensor_lost"
         if status.kind == "sensor_lost":
@@ -419,7 +419,7 @@ class Service:
 
     def _handle_state(self, change: Any) -> None:
         """A sensor or machine state change: its event, then hold or release anomaly decisions."""
-        from edge_asd.sinks import Event
+        from edge_asd.events import Event
 
         event = Event.create(device=self.config.device.id, kind=change.kind, stream_time_s=round(change.time_s, 3),
                              score=change.value, threshold=change.limit, details=dict(change.details))
@@ -567,7 +567,7 @@ class Service:
 
     def _handle_commands(self) -> None:
         """Report what remote commands did as ``command`` events; switch to a new detector."""
-        from edge_asd.sinks import Event
+        from edge_asd.events import Event
 
         for outcome in self.remote.poll():
             if outcome.detector is not None:
@@ -581,7 +581,7 @@ class Service:
     def _switch_detector(self, detector: Any) -> None:
         """Run ``detector`` from the next block on: its threshold, a scorer at the same stream time.
         The sensor and machine-state monitors keep their state (and what they learned at start)."""
-        from edge_asd.health import bundle_info
+        from edge_asd.events.health import bundle_info
 
         self.detector = detector
         self.scorer = self.scorer.switched_to(detector)
@@ -679,8 +679,8 @@ class Service:
 def build_monitors(config: Any, detector: Any, *, n_channels: int) -> tuple[Any, Any]:
     """The sensor and machine-state monitors of ``config`` (``None`` where disabled), with the
     thresholds left unset in the TOML learned from the bundle's site enrollment (logged)."""
-    from edge_asd.machine_state import MachineStateMonitor, resolve_gate
-    from edge_asd.signal_quality import SignalQualityMonitor, learn_signal_config
+    from edge_asd.decision.machine_state import MachineStateMonitor, resolve_gate
+    from edge_asd.decision.signal_quality import SignalQualityMonitor, learn_signal_config
 
     bundle = detector.bundle
     site = bundle.enrollment.site if bundle.enrollment is not None else None
@@ -705,9 +705,9 @@ def run_service(config: Any, *, install_signals: bool = True, on_ready: Callable
     so systemd sees a failed start rather than a service that never listens.
     """
     from edge_asd.audio.sources import open_source
-    from edge_asd.detector import Detector
-    from edge_asd.health import open_health
-    from edge_asd.sinks import MqttForwarder, SQLiteStore, StdoutSink
+    from edge_asd.scoring.detector import Detector
+    from edge_asd.events.health import open_health
+    from edge_asd.events import MqttForwarder, SQLiteStore, StdoutSink
 
     notifier = Notifier()
     detector = Detector.from_bundle(

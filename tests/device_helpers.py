@@ -28,7 +28,7 @@ def session_bundle() -> Path:
 
 def copy_bundle(dst: Path, *, threshold: float | None = SEPARATING_THRESHOLD) -> Path:
     """A private, writable copy of the session bundle (with a known threshold)."""
-    from edge_asd.bundle import Threshold, update_threshold
+    from edge_asd.scoring.bundle import Threshold, update_threshold
 
     out = dst / "bundle"
     shutil.copytree(session_bundle(), out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_asd.alarm import EVENT_ONSET, EVENT_RECOVERY, AlarmConfig, AlarmLogic, PeriodAverager
+from edge_asd.decision.alarm import EVENT_ONSET, EVENT_RECOVERY, AlarmConfig, AlarmLogic, PeriodAverager
 from edge_asd.errors import ParameterError
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asd.backends import BACKEND_KINDS, KnnBackend, load_backend, save_backend
-from edge_asd.bundle import BACKEND_SCHEMA_VERSION, SCHEMA_VERSION, file_sha256, read_bundle
+from edge_asd.scoring.backends import BACKEND_KINDS, KnnBackend, load_backend, save_backend
+from edge_asd.scoring.bundle import BACKEND_SCHEMA_VERSION, SCHEMA_VERSION, file_sha256, read_bundle
 from edge_asd.errors import BundleError
 from tests.device_helpers import REPO, SR, device_env, edge_asd
 
@@ -67,7 +67,7 @@ def test_numpy_back_ends_match_scikit_learn_here_and_in_a_process_without_it(fit
 import json, sys
 from pathlib import Path
 import numpy as np
-from edge_asd.backends import load_backend
+from edge_asd.scoring.backends import load_backend
 root = Path(sys.argv[1])
 q = np.load(root / "queries.npy", allow_pickle=False)
 np.savez(root / "device_scores.npz", **{p.stem: load_backend(p).score(q) for p in root.glob("*.npz") if p.stem != "device_scores"})
@@ -135,7 +135,7 @@ def backend_bundles(tmp_path_factory, tiny_wavs, tiny_bundle):
 
 def test_bundles_with_back_ends_load_score_and_say_what_they_hold(backend_bundles, tiny_wavs, tiny_bundle):
     from edge_asd.audio import read_wav
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.frontend import compute_features
     from trainer.backends import fit_backend
 
@@ -160,7 +160,7 @@ def test_bundles_with_back_ends_load_score_and_say_what_they_hold(backend_bundle
 import json, sys
 import numpy as np
 from edge_asd.audio import read_wav
-from edge_asd.detector import Detector
+from edge_asd.scoring.detector import Detector
 from edge_asd.frontend import compute_features
 out = {}
 for path in sys.argv[2:]:
@@ -239,8 +239,8 @@ def test_bundle_back_end_file_damage_is_a_clear_error(backend_bundles, tmp_path)
 def test_enroll_fills_the_site_bank_and_rollback_removes_it(backend_bundles, tmp_path):
     from edge_asd.audio import read_wav, write_wav
     from edge_asd.config import InputConfig
-    from edge_asd.detector import Detector
-    from edge_asd.enrollment import enroll_bundle, rollback_bundle
+    from edge_asd.scoring.detector import Detector
+    from edge_asd.decision.enrollment import enroll_bundle, rollback_bundle
     from edge_asd.frontend import compute_features
     from tests.bundle_factory import _machine_tone
 
@@ -290,8 +290,8 @@ def test_enroll_fills_the_site_bank_and_rollback_removes_it(backend_bundles, tmp
 def test_device_cli_and_streaming_score_with_a_back_end(backend_bundles, tiny_wavs):
     from edge_asd.audio import read_wav
     from edge_asd.audio.sources import FileListSource
-    from edge_asd.calibration import score_periods
-    from edge_asd.detector import Detector
+    from edge_asd.decision.calibration import score_periods
+    from edge_asd.scoring.detector import Detector
     from edge_asd.frontend import compute_features
     from edge_asd.service import StreamingScorer
 

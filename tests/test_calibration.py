@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from edge_asd.calibration import SECONDS_PER_DAY, fit_threshold
+from edge_asd.decision.calibration import SECONDS_PER_DAY, fit_threshold
 from edge_asd.errors import ParameterError
 from tests.device_helpers import SEPARATING_THRESHOLD, copy_bundle, edge_asd, machine_clips
 

@@ -201,7 +201,7 @@ def test_sensor_faults_and_idle_machine_give_the_same_events_from_the_device_as_
     """The stream of ``test_signal_quality`` (4 channels: digital silence, clipping, a dead channel, a
     machine switched off, then a real anomaly) played through a 4-channel ALSA device gives the
     events and periods its wav files give."""
-    from edge_asd.signal_quality import SignalQualityConfig, check_block
+    from edge_asd.decision.signal_quality import SignalQualityConfig, check_block
 
     stretches = write_stream(tmp_path / "wavs", tmp_path / "clips")
     files = stream_files(tmp_path / "wavs")

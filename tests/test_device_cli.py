@@ -140,14 +140,14 @@ def test_device_path_never_imports_tensorflow(tmp_path, clip):
     bundle = copy_bundle(tmp_path)
     code = textwrap.dedent(f'''
         import sys
-        import edge_asd, edge_asd.cli, edge_asd.service, edge_asd.calibration, edge_asd.sinks, edge_asd.config
-        import edge_asd.alarm, edge_asd.detector, edge_asd.runtime, edge_asd.audio.sources, edge_asd.audio.microphone
+        import edge_asd, edge_asd.cli, edge_asd.service, edge_asd.decision.calibration, edge_asd.events, edge_asd.config
+        import edge_asd.decision.alarm, edge_asd.scoring.detector, edge_asd.scoring.runtime, edge_asd.audio.sources, edge_asd.audio.microphone
         from edge_asd.cli import main
         try:
             main(["score", {str(bundle)!r}, {str(clip[0])!r}])
         except SystemExit as exc:
             assert exc.code == 0, exc.code
-        from edge_asd.detector import Detector
+        from edge_asd.scoring.detector import Detector
         assert Detector.from_bundle({str(bundle)!r}).model.runtime != "tensorflow"
         bad = sorted(m for m in sys.modules if m == "tensorflow" or m.startswith(("tensorflow.", "keras", "tf_keras")))
         assert not bad, bad

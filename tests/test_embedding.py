@@ -16,8 +16,8 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from edge_asd.audio import read_wav  # noqa: E402
-from edge_asd.bundle import read_bundle  # noqa: E402
-from edge_asd.detector import Detector  # noqa: E402
+from edge_asd.scoring.bundle import read_bundle  # noqa: E402
+from edge_asd.scoring.detector import Detector  # noqa: E402
 from edge_asd.errors import BundleError, ParameterError  # noqa: E402
 from edge_asd.frontend import compute_features  # noqa: E402
 from tests.bundle_factory import make_bundle, make_wavs  # noqa: E402
@@ -82,7 +82,7 @@ def test_device_scores_equal_scikit_learn_on_the_desktop(mfn):
     child = """
 import json, sys
 from edge_asd.audio import read_wav
-from edge_asd.detector import Detector
+from edge_asd.scoring.detector import Detector
 from edge_asd.frontend import compute_features
 det = Detector.from_bundle(sys.argv[1])
 s = det.bundle.score_scaling
@@ -122,8 +122,8 @@ def test_inconsistent_embedding_bundles_are_bundle_errors_naming_the_file(mfn, t
     assert "16-dimensional" in damaged("dim", lambda m: m["backend"].update(dim=16))
     assert "'band_mse' vectors" in damaged("representation", lambda m: m["backend"].update(representation="band_mse"))
     # A bank with NaN: the back end file's own check, reached through the bundle's digest check.
-    from edge_asd.backends import KnnBackend, load_backend, save_backend
-    from edge_asd.bundle import file_sha256
+    from edge_asd.scoring.backends import KnnBackend, load_backend, save_backend
+    from edge_asd.scoring.bundle import file_sha256
 
     dst = tmp_path / "nan-bank"
     shutil.copytree(mfn["bundle"], dst)

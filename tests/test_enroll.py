@@ -15,11 +15,11 @@ import pytest
 
 from edge_asd.audio import read_wav, write_wav
 from edge_asd.audio.sources import FileListSource
-from edge_asd.bundle import SCHEMA_VERSION, ScoreScaling, Threshold, read_bundle, update_threshold
-from edge_asd.calibration import score_periods
-from edge_asd.detector import Detector
+from edge_asd.scoring.bundle import SCHEMA_VERSION, ScoreScaling, Threshold, read_bundle, update_threshold
+from edge_asd.decision.calibration import score_periods
+from edge_asd.scoring.detector import Detector
 from edge_asd.errors import ParameterError, SignalQualityError
-from edge_asd.signal_quality import SignalStats, check_enrollment_audio, clipped_fraction, dc_offset, rms_dbfs
+from edge_asd.decision.signal_quality import SignalStats, check_enrollment_audio, clipped_fraction, dc_offset, rms_dbfs
 from tests.device_helpers import REPO, SR, copy_bundle, device_env, edge_asd, machine_clips, service_toml
 
 ACTIVE_SECTIONS = ("normalization", "score_scaling", "threshold")
@@ -116,7 +116,7 @@ def test_schema_1_bundle_loads_and_scores_as_before(tiny_bundle, tiny_wavs, tmp_
     assert info.returncode == 0, info.stderr
     assert "(schema 1)" in info.stdout and "enrollment none" in info.stdout
     with pytest.raises(Exception, match="never enrolled"):
-        from edge_asd.enrollment import rollback_bundle
+        from edge_asd.decision.enrollment import rollback_bundle
 
         rollback_bundle(old)
 
@@ -237,8 +237,8 @@ def test_enroll_on_gain_shifted_audio_then_rollback(quiet_bundle, tmp_path):
     levels = audio["quality"]["frame_level_db"]
     assert levels["mean"] == pytest.approx(np.mean(data["normalization"]["mean"]), abs=1e-3) and levels["p01"] < levels["mean"]
     assert audio["quality"]["channel_correlation_p05"] is None
-    from edge_asd.bundle import read_bundle
-    from edge_asd.machine_state import MachineStateConfig, resolve_gate
+    from edge_asd.scoring.bundle import read_bundle
+    from edge_asd.decision.machine_state import MachineStateConfig, resolve_gate
 
     gate = resolve_gate(MachineStateConfig(), read_bundle(bundle, verify_files=False))
     assert "learned at enroll" in gate.source or "enrolled site" in gate.source, gate
@@ -262,7 +262,7 @@ def test_enroll_on_gain_shifted_audio_then_rollback(quiet_bundle, tmp_path):
 
 def test_enroll_a_schema_1_bundle_keeps_its_values_as_factory(tiny_bundle, tmp_path):
     from edge_asd.config import InputConfig
-    from edge_asd.enrollment import enroll_bundle, rollback_bundle
+    from edge_asd.decision.enrollment import enroll_bundle, rollback_bundle
 
     path = tmp_path / "schema1"
     shutil.copytree(tiny_bundle, path)
@@ -326,7 +326,7 @@ def test_enroll_refuses_bad_audio_naming_the_file(tmp_path, bad_inputs, case, ne
 
 def test_enroll_rejects_a_microphone_recording_too_short_before_recording(tmp_path):
     from edge_asd.config import InputConfig
-    from edge_asd.enrollment import enroll_bundle
+    from edge_asd.decision.enrollment import enroll_bundle
 
     with pytest.raises(ParameterError, match=r"microphone 0: --seconds 30 is too little to enroll.*--seconds 100"):
         enroll_bundle(copy_bundle(tmp_path), InputConfig(kind="microphone", device=0), seconds=30, period_s=10.0)
@@ -388,7 +388,7 @@ def test_selective_enrollment_scores_the_lower_of_site_and_factory_and_fits_the_
     import dataclasses
 
     from edge_asd.audio import read_wav
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.frontend import compute_features
     from edge_asd.service import StreamingScorer
 
@@ -419,7 +419,7 @@ def test_selective_enrollment_scores_the_lower_of_site_and_factory_and_fits_the_
 
     # The threshold is fitted on the selective period scores of the site audio, not on the site-only ones.
     from edge_asd.audio.sources import open_source
-    from edge_asd.calibration import fit_alarm_rules
+    from edge_asd.decision.calibration import fit_alarm_rules
     from edge_asd.config import InputConfig
 
     inp = InputConfig(kind="folder", path=site, channels=1, realtime=False)

@@ -15,8 +15,8 @@ import pytest
 pytest.importorskip("tensorflow")
 
 from edge_asd.audio import read_wav  # noqa: E402
-from edge_asd.bundle import ENSEMBLE_SCHEMA_VERSION, read_bundle  # noqa: E402
-from edge_asd.detector import Detector, window_view  # noqa: E402
+from edge_asd.scoring.bundle import ENSEMBLE_SCHEMA_VERSION, read_bundle  # noqa: E402
+from edge_asd.scoring.detector import Detector, window_view  # noqa: E402
 from edge_asd.errors import BundleError, ParameterError  # noqa: E402
 from edge_asd.frontend import compute_features  # noqa: E402
 from tests.bundle_factory import make_bundle, make_wavs  # noqa: E402
@@ -120,12 +120,12 @@ def test_bad_ensembles_are_clear_errors(parts, ensemble, tmp_path):
         read_bundle(cut)
     # enroll refuses ensembles with what to do instead; calibrate works on them.
     from edge_asd.config import InputConfig
-    from edge_asd.enrollment import enroll_bundle
+    from edge_asd.decision.enrollment import enroll_bundle
 
     inp = InputConfig(kind="folder", path=parts["normal"][0].parent, channels=1, sample_rate_hz=16000, realtime=False)
     with pytest.raises(ParameterError, match="is an ensemble"):
         enroll_bundle(ensemble, inp, seconds=60, period_s=1.0)
-    from edge_asd.enrollment import rollback_bundle
+    from edge_asd.decision.enrollment import rollback_bundle
 
     with pytest.raises(ParameterError, match="is an ensemble"):
         rollback_bundle(ensemble)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edge_asd.bundle import read_bundle
+from edge_asd.scoring.bundle import read_bundle
 
 pytest.importorskip("sklearn")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_asd.alarm import AlarmConfig, PeriodResult
-from edge_asd.bundle import Threshold, read_bundle, update_threshold
-from edge_asd.evidence import EvidenceRule
+from edge_asd.decision.alarm import AlarmConfig, PeriodResult
+from edge_asd.scoring.bundle import Threshold, read_bundle, update_threshold
+from edge_asd.decision.evidence import EvidenceRule
 from tests.device_helpers import SR, copy_bundle, edge_asd, machine_clips
 
 PERIOD_S = 1.0
@@ -82,9 +82,9 @@ class Periods:
 
 def run_service(bundle: Path, db: Path, source: ToneSource, **alarm) -> Periods:
     from edge_asd.config import Config
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.service import Notifier, Service
-    from edge_asd.sinks import SQLiteStore
+    from edge_asd.events import SQLiteStore
 
     config = dataclasses.replace(Config(), alarm=AlarmConfig(period_s=PERIOD_S, onset_k=2, onset_n=3, recovery_m=2,
                                                              refractory_s=0.0, **alarm))
@@ -104,7 +104,7 @@ def decided(seen: Periods) -> list[float]:
 
 
 def test_evidence_grows_is_kept_across_a_quick_restart_and_forgotten_after_a_gap(tmp_path):
-    from edge_asd.sinks import SQLiteStore
+    from edge_asd.events import SQLiteStore
 
     bundle = evidence_bundle(tmp_path)
     db = tmp_path / "events.sqlite"
@@ -152,8 +152,8 @@ def test_an_evidence_onset_says_which_rule_fired_and_carries_the_evidence(tmp_pa
 
 
 def test_status_metrics_and_mqtt_state_show_the_evidence(tmp_path):
-    from edge_asd.health import BundleInfo, HealthWriter, _SnapshotCollector, format_status, read_status
-    from edge_asd.mqtt_discovery import DeviceTopics, LiveState, apply_period, evidence_attributes, state_messages
+    from edge_asd.events.health import BundleInfo, HealthWriter, _SnapshotCollector, format_status, read_status
+    from edge_asd.events.discovery import DeviceTopics, LiveState, apply_period, evidence_attributes, state_messages
 
     info = BundleInfo(path="/b", model="int8", sr=16000, threshold=2.5, threshold_set_by="enrolled",
                       threshold_method="gamma-tail-fit", threshold_set_utc="2026-01-01T00:00:00+00:00")

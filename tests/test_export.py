@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from edge_asd.bundle import read_bundle
+from edge_asd.scoring.bundle import read_bundle
 from edge_asd.errors import BundleError
-from edge_asd.runtime import TFLiteModel
+from edge_asd.scoring.runtime import TFLiteModel
 
 
 def _copy(bundle: Path, tmp_path: Path) -> Path:
@@ -74,7 +74,7 @@ def test_int8_model_loads_with_litert_without_tensorflow(tiny_bundle):
         assert i["dtype"] == np.int8 and o["dtype"] == np.int8
         it.set_tensor(i["index"], np.zeros(i["shape"], np.int8))
         it.invoke()
-        from edge_asd.detector import Detector
+        from edge_asd.scoring.detector import Detector
         Detector.from_bundle({str(tiny_bundle)!r})
         assert "tensorflow" not in sys.modules, "TensorFlow was imported"
         print("ok")

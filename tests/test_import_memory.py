@@ -46,12 +46,12 @@ FORBIDDEN = ("tensorflow", "tf_keras", "keras", "sklearn", "matplotlib", "libros
 
 PROBE = r"""
 import json, resource, sys
-import edge_asd.bundle, edge_asd.config
+import edge_asd.scoring.bundle, edge_asd.config
 light = sorted(m for m in ("numba", "llvmlite", "ai_edge_litert") if m in sys.modules)
 import numpy as np
-import edge_asd.cli, edge_asd.service, edge_asd.detector, edge_asd.runtime, edge_asd.audio.sources, edge_asd.sinks
-import edge_asd.machine_state, edge_asd.signal_quality
-from edge_asd.runtime import load_interpreter_class
+import edge_asd.cli, edge_asd.service, edge_asd.scoring.detector, edge_asd.scoring.runtime, edge_asd.audio.sources, edge_asd.events
+import edge_asd.decision.machine_state, edge_asd.decision.signal_quality
+from edge_asd.scoring.runtime import load_interpreter_class
 load_interpreter_class("litert")
 from edge_asd.audio import read_wav
 x, sr = read_wav(sys.argv[1])

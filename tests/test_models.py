@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
-from edge_asd.bundle import read_bundle  # noqa: E402
-from edge_asd.detector import Detector  # noqa: E402
+from edge_asd.scoring.bundle import read_bundle  # noqa: E402
+from edge_asd.scoring.detector import Detector  # noqa: E402
 from edge_asd.errors import ParameterError  # noqa: E402
 from tests.bundle_factory import make_bundle  # noqa: E402
 from trainer.export import check_builtin_int8, convert_int8, convert_models, export_twin  # noqa: E402
@@ -42,7 +42,7 @@ def test_kind_trains_exports_and_scores(kind, tmp_path, tiny_wavs):
         f"""
         import sys
         from edge_asd.audio import read_wav
-        from edge_asd.detector import Detector
+        from edge_asd.scoring.detector import Detector
         samples, sr = read_wav({str(tiny_wavs["anomaly"][0])!r})
         print(Detector.from_bundle({str(path)!r}).score_clip(samples, sr=sr, class_label={label!r}))
         assert not any(m.startswith(("tensorflow", "keras", "tf_keras")) for m in sys.modules), "TensorFlow was imported"
@@ -79,7 +79,7 @@ def test_export_twin_matches_trained_model(kind, tmp_path):
     """The tf_keras export twin (batch 1) computes the trained Keras 3 model's function, and so do
     its float TFLite file and, within int8 rounding, its int8 file; recurrent layers become the
     fused LSTM op."""
-    from edge_asd.runtime import TFLiteModel
+    from edge_asd.scoring.runtime import TFLiteModel
 
     cfg = ModelConfig(kind=kind, n_frames=8, n_features=24, objective="id" if kind in CLASSIFIER_KINDS else "reconstruction",
                       n_classes=3 if kind in CLASSIFIER_KINDS else 0, width=8)
@@ -119,7 +119,7 @@ def test_model_config_validation():
 def test_calibration_windows_cover_rare_extremes(tmp_path):
     """A dropout frame in one training window of thousands sets the int8 input range: a random
     draw alone would miss it, and test clips holding such frames would saturate."""
-    from edge_asd.runtime import TFLiteModel
+    from edge_asd.scoring.runtime import TFLiteModel
     from trainer.train import representative_windows
 
     rng = np.random.default_rng(0)

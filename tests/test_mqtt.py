@@ -237,7 +237,7 @@ def test_forwarder_survives_outbox_query_errors(tmp_path, broker, caplog):
     import logging
 
     from edge_asd.config import MqttConfig
-    from edge_asd.sinks import Event, MqttForwarder, SQLiteStore
+    from edge_asd.events import Event, MqttForwarder, SQLiteStore
 
     store = SQLiteStore(tmp_path / "events.sqlite", outbox=True)
     failures = {"left": 3}
@@ -254,7 +254,7 @@ def test_forwarder_survives_outbox_query_errors(tmp_path, broker, caplog):
     forwarder = MqttForwarder(MqttConfig(enabled=True, host="127.0.0.1", port=broker.port, publish_timeout_s=2.0),
                               device_id="test-dev", store=store)
     event = Event.create(device="test-dev", kind="onset", stream_time_s=1.0, score=2.0, threshold=1.0)
-    with caplog.at_level(logging.WARNING, logger="edge_asd.sinks"):
+    with caplog.at_level(logging.WARNING, logger="edge_asd.events"):
         store.emit(event)
         forwarder.start()
         forwarder.emit(event)

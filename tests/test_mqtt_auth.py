@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from edge_asd.config import ConfigError, load_config, parse_config
-from edge_asd.sinks import Event, MqttForwarder, SQLiteStore
+from edge_asd.events import Event, MqttForwarder, SQLiteStore
 from tests.device_helpers import REPO, device_env
 from tests.mqtt_auth_broker import MOSQUITTO_PASSWD, AuthBroker, make_pki
 from tests.test_mqtt import MOSQUITTO
@@ -179,7 +179,7 @@ def test_last_will_over_tls_flips_status_when_the_process_is_killed(tmp_path, br
     config = device_toml(tmp_path, broker, pki)
     live = Collector(broker.port, f"{BASE}/status")
     code = ("import sys, time; from edge_asd.config import load_config; "
-            "from edge_asd.sinks import MqttForwarder, SQLiteStore; c = load_config(sys.argv[1]); "
+            "from edge_asd.events import MqttForwarder, SQLiteStore; c = load_config(sys.argv[1]); "
             "MqttForwarder(c.mqtt, device_id=c.device.id, store=SQLiteStore(sys.argv[2], outbox=True)).start(); "
             "time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(config), str(tmp_path / "events.sqlite")], cwd=REPO,

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from edge_asd import __version__
-from edge_asd.alarm import PeriodResult
+from edge_asd.decision.alarm import PeriodResult
 from edge_asd.config import ConfigError, MqttConfig, parse_config
 from edge_asd.errors import ParameterError
-from edge_asd.mqtt_discovery import DeviceTopics, LiveState, apply_event, discovery_messages, machine_state
-from edge_asd.sinks import Event, MqttForwarder, SQLiteStore
+from edge_asd.events.discovery import DeviceTopics, LiveState, apply_event, discovery_messages, machine_state
+from edge_asd.events import Event, MqttForwarder, SQLiteStore
 from tests.device_helpers import SEPARATING_THRESHOLD, copy_bundle, machine_clips
 from tests.test_mqtt import MOSQUITTO, Broker, start_service
 

@@ -24,7 +24,7 @@ from edge_asd.audio import read_wav, wav_info, write_wav
 from edge_asd.audio.sources import WavFileSource, open_source
 from edge_asd.config import InputConfig
 from edge_asd.errors import ParameterError
-from edge_asd.recorder import (
+from edge_asd.audio.recorder import (
     STOP_DISK_FULL,
     STOP_DONE,
     STOP_SOURCE_ENDED,

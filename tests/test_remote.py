@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from edge_asd.audio import read_wav
-from edge_asd.bundle import read_bundle
+from edge_asd.scoring.bundle import read_bundle
 from edge_asd.config import load_config
 from edge_asd.errors import ParameterError
 from edge_asd.remote import CommandError, RemoteOperations, exchange_dirs, parse_command
@@ -157,7 +157,7 @@ def _incoming(config, tmp_path, live, keys, *, version: int, threshold: float | 
     """A copy of ``live`` in the configured incoming folder, signed as ``version``."""
     import shutil
 
-    from edge_asd.bundle import Threshold, update_threshold
+    from edge_asd.scoring.bundle import Threshold, update_threshold
     from edge_asd.signing import sign_bundle
 
     folder = config.mqtt.incoming_dir / f"{name}{version}"
@@ -218,7 +218,7 @@ def test_reload_installs_a_signed_newer_bundle_atomically_and_keeps_the_previous
 
 
 def test_reload_refuses_unsigned_and_tampered_bundles(with_incoming, keys, tmp_path):
-    from edge_asd.bundle import Threshold, update_threshold
+    from edge_asd.scoring.bundle import Threshold, update_threshold
 
     live, config, _ = with_incoming
     before = (live / "bundle.json").read_bytes()
@@ -255,7 +255,7 @@ def test_incoming_folder_inside_or_above_the_bundle_is_refused(running, keys):
 
 def test_unsigned_forged_foreign_stale_and_replayed_commands_are_refused(running, keys, tmp_path):
     from edge_asd.signing import generate_keypair, load_private_key
-    from edge_asd.sinks import SQLiteStore
+    from edge_asd.events import SQLiteStore
 
     _, config, _ = running
     store = SQLiteStore(tmp_path / "nonces.sqlite")
@@ -332,7 +332,7 @@ def test_calibrate_records_from_the_stream_and_installs_the_new_threshold(runnin
 
 
 def test_a_remote_calibrate_may_not_move_the_threshold_far(running, keys):
-    from edge_asd.bundle import Threshold, update_threshold
+    from edge_asd.scoring.bundle import Threshold, update_threshold
 
     live, config, audio = running
     update_threshold(live, Threshold(value=1.0, method="test", source="test"))  # far below what 12 s give (about 19)

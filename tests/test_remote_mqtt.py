@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from edge_asd.bundle import Threshold, read_bundle, update_threshold
+from edge_asd.scoring.bundle import Threshold, read_bundle, update_threshold
 from tests.device_helpers import REPO, copy_bundle, device_env, machine_clips, service_toml
 from tests.mqtt_auth_broker import MOSQUITTO_PASSWD, AuthBroker, make_pki
 from tests.test_mqtt import MOSQUITTO

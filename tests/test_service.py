@@ -65,7 +65,7 @@ def test_service_on_folder_raises_onset_then_back_to_normal(setup):
 
 def test_streaming_window_scores_equal_offline_scores(setup):
     from edge_asd.audio import read_wav
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.frontend import compute_features
     from edge_asd.service import StreamingScorer
 
@@ -142,7 +142,7 @@ def test_sd_notify_ready_watchdog_and_sigterm_finishes_the_period(setup, tmp_pat
 def test_realtime_source_drops_are_counted_not_hidden(setup):
     """A processing loop slower than capture must drop (and count) blocks rather than block capture."""
     from edge_asd.config import Config, InputConfig
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.service import Notifier, Service
 
     _, bundle, _ = setup
@@ -376,9 +376,9 @@ def test_close_closes_every_sink_even_if_one_raises(setup, tmp_path, caplog):
     import logging
 
     from edge_asd.config import Config
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.service import Notifier, Service
-    from edge_asd.sinks import Event, SQLiteStore
+    from edge_asd.events import Event, SQLiteStore
 
     _, bundle, _ = setup
     path = tmp_path / "e.sqlite"
@@ -415,7 +415,7 @@ def test_dropped_blocks_and_device_overruns_advance_stream_time_and_split_the_au
     import threading
 
     from edge_asd.config import Config, InputConfig
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.service import Notifier, Service, StreamingScorer
 
     _, bundle, _ = setup
@@ -527,7 +527,7 @@ def test_a_live_source_faster_than_real_time_is_a_sensor_fault(setup):
     buffer) is not the machine now: sensor_fault (faster_than_realtime), decisions paused, and
     sensor_ok once its pace is real time again. Judged from block arrival times."""
     from edge_asd.config import Config
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.service import Notifier, Service
 
     _, bundle, _ = setup

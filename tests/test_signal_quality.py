@@ -11,11 +11,11 @@ import sqlite3
 import numpy as np
 import pytest
 
-from edge_asd.alarm import AlarmConfig, AlarmLogic, ExcludedStretches
+from edge_asd.decision.alarm import AlarmConfig, AlarmLogic, ExcludedStretches
 from edge_asd.config import parse_config
 from edge_asd.errors import ConfigError
-from edge_asd.machine_state import MachineGate, MachineStateConfig, MachineStateMonitor, resolve_gate
-from edge_asd.signal_quality import (
+from edge_asd.decision.machine_state import MachineGate, MachineStateConfig, MachineStateMonitor, resolve_gate
+from edge_asd.decision.signal_quality import (
     MIN_RMS_DBFS, SignalQualityConfig, SignalQualityMonitor, assess_clip, channel_correlation, check_block,
     learn_signal_config, longest_zero_run,
 )
@@ -209,7 +209,7 @@ def test_machine_state_gate_hysteresis_and_stop_is_alarm():
 
 
 def test_machine_gate_from_the_bundle_factory_or_the_enrolled_site(tiny_bundle):
-    from edge_asd.bundle import read_bundle
+    from edge_asd.scoring.bundle import read_bundle
 
     bundle = read_bundle(tiny_bundle)
     cfg = MachineStateConfig()

@@ -7,7 +7,7 @@ import json
 import logging
 import sqlite3
 
-from edge_asd.sinks import Event, SQLiteStore, StdoutSink
+from edge_asd.events import Event, SQLiteStore, StdoutSink
 
 
 def make_event(i: int = 0, kind: str = "onset") -> Event:
@@ -46,7 +46,7 @@ def test_store_is_wal_and_survives_reopening(tmp_path):
 
 
 def test_store_is_bounded_but_never_drops_undelivered_events(tmp_path, monkeypatch):
-    monkeypatch.setattr("edge_asd.sinks.PRUNE_EVERY", 5)
+    monkeypatch.setattr("edge_asd.events.store.PRUNE_EVERY", 5)
     store = SQLiteStore(tmp_path / "e.sqlite", max_events=10, outbox=True)
     for i in range(40):
         store.emit(make_event(i))
@@ -70,7 +70,7 @@ def test_full_disk_is_logged_and_events_are_kept_until_they_fit(tmp_path, caplog
     page_count = store._db.execute("PRAGMA page_count").fetchone()[0]
     store._db.execute(f"PRAGMA max_page_count = {page_count}")  # the "disk" is now full
     big = [Event.create(device="d", kind="onset", stream_time_s=0.0, score=1.0, threshold=0.5, details={"pad": "x" * 20000}) for _ in range(3)]
-    with caplog.at_level(logging.ERROR, logger="edge_asd.sinks"):
+    with caplog.at_level(logging.ERROR, logger="edge_asd.events"):
         for e in big:
             store.emit(e)
     assert store.failed_writes >= 1 and store.pending_in_memory >= 1
@@ -97,7 +97,7 @@ def test_store_is_pruned_at_open_and_by_a_short_lived_process(tmp_path, monkeypa
     assert [e["details"]["i"] for e in again.events()] == list(range(20, 30))
     assert again.count_outbox() == 5
     # A process that stores a few events and runs long: pruned by time as well as by count.
-    monkeypatch.setattr("edge_asd.sinks.PRUNE_INTERVAL_S", 0.0)
+    monkeypatch.setattr("edge_asd.events.store.PRUNE_INTERVAL_S", 0.0)
     for seq, _, _ in again.next_outbox(5):
         again.mark_delivered(seq)
     for i in range(30, 33):
@@ -115,7 +115,7 @@ def test_a_stdout_that_fails_is_logged_once_and_then_left_alone(caplog):
             raise BrokenPipeError(32, "Broken pipe")
 
     sink = StdoutSink(Broken())
-    with caplog.at_level(logging.WARNING, logger="edge_asd.sinks"):
+    with caplog.at_level(logging.WARNING, logger="edge_asd.events"):
         for i in range(3):
             sink.emit(make_event(i))
         sink.write_line("{}")

@@ -26,7 +26,7 @@ STARTUP_TIMEOUT_S = 60.0
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A bundle whose threshold was calibrated on site, and 6 s of normal machine sound."""
-    from edge_asd.bundle import Threshold, update_threshold
+    from edge_asd.scoring.bundle import Threshold, update_threshold
 
     tmp = tmp_path_factory.mktemp("status")
     bundle = copy_bundle(tmp, threshold=None)
@@ -101,8 +101,8 @@ def listening_tcp_ports(pid: int) -> set[int]:
 
 
 def test_status_and_metrics_of_a_running_service_hung_then_stopped(setup, tmp_path):
-    from edge_asd.health import METRICS
-    from edge_asd.mqtt_discovery import MACHINE_STATES
+    from edge_asd.events.health import METRICS
+    from edge_asd.events.discovery import MACHINE_STATES
 
     _, bundle = setup
     port = free_port()
@@ -156,7 +156,7 @@ metrics_port = {port}
                 break
         else:
             pytest.fail("no scrape matched a state file snapshot")
-        from edge_asd.health import HealthSnapshot
+        from edge_asd.events.health import HealthSnapshot
 
         snap = HealthSnapshot.from_dict(match)
         for m in METRICS:
@@ -248,7 +248,7 @@ def test_status_without_a_state_file_or_with_a_broken_one(tmp_path):
 
 def test_writer_reader_verdicts_and_state_file_location(tmp_path, caplog):
     from edge_asd.config import HealthConfig
-    from edge_asd.health import BundleInfo, HealthWriter, read_status, resolve_state_file
+    from edge_asd.events.health import BundleInfo, HealthWriter, read_status, resolve_state_file
 
     info = BundleInfo(path="/b", model="int8", sr=16000, threshold=2.5, threshold_set_by="enrolled",
                       threshold_method="gamma-tail-fit", threshold_set_utc="2026-01-01T00:00:00+00:00")
@@ -282,7 +282,7 @@ def test_writer_reader_verdicts_and_state_file_location(tmp_path, caplog):
     assert read_status(path, pid_alive=lambda pid: False).exit_code == 3  # a clean stop is not a crash
 
     # Another layout or a value of the wrong type is refused by name, never half-read.
-    from edge_asd.health import HealthError
+    from edge_asd.events.health import HealthError
 
     for change, needle in (({"schema": 2}, "state file schema 2, this edge-asd reads schema 1"),
                            ({"periods": "12"}, "periods: unexpected value '12'")):
@@ -291,7 +291,7 @@ def test_writer_reader_verdicts_and_state_file_location(tmp_path, caplog):
             read_status(path)
 
     # The store backlog: events in the MQTT outbox until the broker acknowledges them.
-    from edge_asd.sinks import Event as StoredEvent, SQLiteStore
+    from edge_asd.events import Event as StoredEvent, SQLiteStore
 
     store = SQLiteStore(tmp_path / "outbox.sqlite", outbox=True)
     with_store = HealthWriter(tmp_path / "s2.json", write_interval_s=1.0, device_id="d", bundle=info, store=store)
@@ -314,7 +314,7 @@ def test_writer_reader_verdicts_and_state_file_location(tmp_path, caplog):
     # A state file that cannot be written never stops the service: one error, not one per write.
     (tmp_path / "file").write_text("")
     blocked = HealthWriter(tmp_path / "file" / "state.json", write_interval_s=1.0, device_id="d", bundle=info)
-    with caplog.at_level(logging.ERROR, logger="edge_asd.health"):
+    with caplog.at_level(logging.ERROR, logger="edge_asd.events.health"):
         assert blocked.write() is None and blocked.write() is None
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "health.state_file" in errors[0].getMessage()
@@ -361,7 +361,7 @@ def test_metrics_port_in_use_fails_the_start_with_the_port_and_the_key(setup, tm
 
 def test_metrics_without_prometheus_client_name_the_extra(monkeypatch):
     from edge_asd.errors import ConfigError
-    from edge_asd.health import BundleInfo, HealthWriter
+    from edge_asd.events.health import BundleInfo, HealthWriter
 
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # what an install without the extra sees
     info = BundleInfo(path="/b", model="int8", sr=16000, threshold=1.0, threshold_set_by="factory",

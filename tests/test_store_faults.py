@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_asd.sinks import Event, SQLiteStore
+from edge_asd.events import Event, SQLiteStore
 from tests.device_helpers import REPO, copy_bundle, device_env, machine_clips, service_toml
 
 
@@ -68,7 +68,7 @@ def test_full_disk_holds_events_in_memory_up_to_the_bound_and_writes_them_when_s
         filler = fill(disk)
         failures = []
         store.on_failure = failures.append
-        with caplog.at_level(logging.ERROR, logger="edge_asd.sinks"):
+        with caplog.at_level(logging.ERROR, logger="edge_asd.events"):
             for i in range(1, 9):
                 store.emit(event(i))
         # The disk is full: the newest 5 wait in memory, the 3 oldest beyond the bound are dropped.
@@ -97,7 +97,7 @@ def test_read_only_disk_then_writable_again(tmp_path, caplog):
         store.close()
         remount(disk, "ro")
         try:
-            with caplog.at_level(logging.ERROR, logger="edge_asd.sinks"):
+            with caplog.at_level(logging.ERROR, logger="edge_asd.events"):
                 store = SQLiteStore(disk / "events.sqlite", outbox=False, strict=False)
                 store.emit(event(1))
                 store.emit(event(2))
@@ -152,7 +152,7 @@ def test_a_store_that_cannot_be_opened_does_not_stop_the_service(tmp_path):
 
 def test_a_full_disk_is_published_over_mqtt_and_its_events_follow_when_space_returns(tmp_path):
     from edge_asd.config import MqttConfig
-    from edge_asd.sinks import MqttForwarder
+    from edge_asd.events import MqttForwarder
     from tests.test_mqtt import Broker, Subscriber
 
     broker = Broker(tmp_path / "broker")

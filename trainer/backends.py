@@ -1,8 +1,8 @@
 """Fit scoring back ends with scikit-learn and convert them to the device's numpy form.
 
-The device scores with :mod:`edge_asd.backends` (numpy only); this module fits the same models
+The device scores with :mod:`edge_asd.scoring.backends` (numpy only); this module fits the same models
 with scikit-learn on the desktop, from the error vectors of normal training windows
-(:meth:`edge_asd.detector.Detector.window_vectors`, the int8 model: the model the device runs),
+(:meth:`edge_asd.scoring.detector.Detector.window_vectors`, the int8 model: the model the device runs),
 and keeps the fitted scikit-learn estimators beside the numpy back end, so that
 :meth:`FittedBackend.reference_score` gives scikit-learn's own scores for a parity check.
 
@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from edge_asd.backends import (
+from edge_asd.scoring.backends import (
     BACKEND_KINDS, SITE_BANK_SIZE, Backend, GmmBackend, KnnBackend, MahalanobisBackend, OcsvmBackend,
     SelectiveMahalanobisBackend, subsample,
 )
@@ -47,14 +47,14 @@ __all__ = [
 BACKEND_CHOICES = ("none", *BACKEND_KINDS)
 """``asd-train fit --backend`` values; ``none`` keeps the model's own window score."""
 DEFAULT_REPRESENTATION = "band_mse"
-"""What the back ends score: the per-band reconstruction error (:mod:`edge_asd.backends`). On ToyCar's
+"""What the back ends score: the per-band reconstruction error (:mod:`edge_asd.scoring.backends`). On ToyCar's
 validation data it beat its logarithm for every back end and seed (pseudo-AUC 0.70-0.74 against
 0.68-0.70, ``benchmarks/results/backends.md``): the large errors a fault causes in a few bands
 weigh more on the linear scale."""
 FACTORY_BANK_SIZE = 1024
 """Training vectors kept in a k-NN factory bank (random, by the seed): the device computes the
 distance to each of them for every window, so the bank's size is set by the cost budget
-(:data:`edge_asd.backends.SITE_BANK_SIZE`; cost in ``benchmarks/results/backends.md``)."""
+(:data:`edge_asd.scoring.backends.SITE_BANK_SIZE`; cost in ``benchmarks/results/backends.md``)."""
 DEFAULT_K = 1
 """k = 1, 4, 16 were within 0.004 pseudo-AUC on ToyCar's validation data, k = 1 ahead for every seed."""
 DEFAULT_NU = 0.2
@@ -139,7 +139,7 @@ def fit_backend(
     Parameters
     ----------
     kind
-        One of :data:`edge_asd.backends.BACKEND_KINDS`.
+        One of :data:`edge_asd.scoring.backends.BACKEND_KINDS`.
     train
         ``(n, d)`` vectors of normal training windows (the factory / source domain).
     val

@@ -2,7 +2,7 @@
 
 The first bundle's directory is copied, every further bundle goes into it as a member
 (``members/1``, ``members/2``, …), and ``bundle.json`` gains an ``ensemble`` section (schema 4, see
-:mod:`edge_asd.bundle`). On the device each window is scored by every model with that model's own
+:mod:`edge_asd.scoring.bundle`). On the device each window is scored by every model with that model's own
 normalisation and score scaling (standard deviations of its normal window scores), the scores are
 averaged, and the average is standardised once more with the ensemble's scaling, fitted here on
 the window scores of ``normal`` clips. The threshold is fitted on the same clips as ``asd-train
@@ -23,9 +23,9 @@ from typing import Callable, Sequence
 
 import click
 
-from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, resolve_rate
-from edge_asd.cli_options import false_alarm_rate_options
-from edge_asd.bundle import (
+from edge_asd.decision.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, resolve_rate
+from edge_asd.cli.options import false_alarm_rate_options
+from edge_asd.scoring.bundle import (
     Bundle,
     Ensemble,
     EnsembleMember,
@@ -70,7 +70,7 @@ def make_ensemble(
         Fewer than two bundles, ``out`` exists, or no normal clips.
     """
     from trainer.export import export_threshold, window_score_scaling
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
 
     if len(bundles) < 2:
         raise ParameterError("an ensemble needs at least two bundles")

@@ -1,6 +1,6 @@
 """Evaluation: score test clips with a bundle's int8 and float TFLite models and compare them.
 
-Clip score = mean of the window scores, computed by :class:`edge_asd.detector.Detector` (the
+Clip score = mean of the window scores, computed by :class:`edge_asd.scoring.detector.Detector` (the
 device's runtime and scoring code, LiteRT first), so a clip scores the same here and on the
 device. Features are computed once per clip with the device front end (cached) and fed to both
 models. The Keras model can be scored too, as a reference for the conversion.
@@ -18,8 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 import click
 import numpy as np
 
-from edge_asd.bundle import Bundle, read_bundle
-from edge_asd.detector import Detector, window_view
+from edge_asd.scoring.bundle import Bundle, read_bundle
+from edge_asd.scoring.detector import Detector, window_view
 from edge_asd.errors import ParameterError
 from trainer.datasets import Clip, attribute_group
 from trainer.features_cache import clip_features, default_cache_dir
@@ -55,7 +55,7 @@ def keras_window_scores(model: Any, windows: np.ndarray, bundle: Bundle, class_i
     """Window scores of the Keras model on normalised windows (same definitions as the detector,
     including the bundle's scoring back end and score scaling, so Keras, float and int8 scores
     compare directly). ``backend``: the bundle's back end already loaded (default: loaded here)."""
-    from edge_asd.backends import represent
+    from edge_asd.scoring.backends import represent
 
     y = np.asarray(model.predict(windows, batch_size=256, verbose=0), dtype=np.float64)
     if isinstance(backend, str):
@@ -215,7 +215,7 @@ def evaluate_clips(
         ),
         "int8_size_bytes": bundle.model_path("int8").stat().st_size,
         "threshold": bundle.threshold.value,
-        "scoring": "clip score = mean window score via edge_asd.detector.Detector (TFLite, LiteRT)"
+        "scoring": "clip score = mean window score via edge_asd.scoring.detector.Detector (TFLite, LiteRT)"
         + (f"; window score = {bundle.backend.kind} back end over {bundle.backend.representation} ({bundle.backend.summary})"
            if bundle.backend is not None else ""),
     }

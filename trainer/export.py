@@ -11,7 +11,7 @@
   validation normal clips (training clips when there are none), so exported scores are in standard
   deviations of normal window scores.
 - The threshold is set the way ``edge-asd calibrate`` sets it: the same clips are played as one
-  stream through the device path (:func:`edge_asd.calibration.score_periods`, period means at the
+  stream through the device path (:func:`edge_asd.decision.calibration.score_periods`, period means at the
   service's default period) and a gamma tail fit gives the threshold for ``false_alarms_per_day``.
   With fewer periods than a fit needs, the threshold is *provisional* (the highest validation score
   plus a margin) and says so: calibrate or enroll on site.
@@ -37,19 +37,19 @@ import numpy as np
 
 import edge_asd
 from edge_asd.audio import read_wav
-from edge_asd.alarm import AlarmConfig
+from edge_asd.decision.alarm import AlarmConfig
 from edge_asd.audio.sources import FileListSource
 from edge_asd.audio.wav import wav_info
-from edge_asd.backends import save_backend
-from edge_asd.bundle import (
+from edge_asd.scoring.backends import save_backend
+from edge_asd.scoring.bundle import (
     MODEL_FILES, VECTOR_SCORES, BackendRef, Bundle, Enrollment, EnrollmentValues, ModelInfo, ScoreScaling, Threshold,
     file_sha256, read_bundle, write_bundle,
 )
-from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY as _DEVICE_DEFAULT_RATE, MIN_PERIODS, SECONDS_PER_DAY, fit_alarm_rules, score_periods, threshold_record
-from edge_asd.detector import Detector
+from edge_asd.decision.calibration import DEFAULT_FALSE_ALARMS_PER_DAY as _DEVICE_DEFAULT_RATE, MIN_PERIODS, SECONDS_PER_DAY, fit_alarm_rules, score_periods, threshold_record
+from edge_asd.scoring.detector import Detector
 from edge_asd.frontend import compute_features
 from edge_asd.errors import EdgeASDError, ParameterError
-from edge_asd.runtime import TFLiteModel
+from edge_asd.scoring.runtime import TFLiteModel
 from trainer.models import ModelConfig, build_model
 from trainer.train import TrainResult, describe
 
@@ -345,7 +345,7 @@ def export_bundle(
     Returns
     -------
     Bundle
-        The written bundle (read back with :func:`edge_asd.bundle.read_bundle` to double-check).
+        The written bundle (read back with :func:`edge_asd.scoring.bundle.read_bundle` to double-check).
 
     Raises
     ------
@@ -460,7 +460,7 @@ def attach_backend(bundle: Bundle, fitted: Any, *, representation: str, fitted_o
 def _representation_for(bundle: Bundle, representation: str | None) -> str:
     """The back end's representation: ``embedding`` for an embedding model, else the one asked for
     (default :data:`trainer.backends.DEFAULT_REPRESENTATION`), checked against the model."""
-    from edge_asd.backends import ERROR_REPRESENTATIONS
+    from edge_asd.scoring.backends import ERROR_REPRESENTATIONS
     from trainer.backends import DEFAULT_REPRESENTATION
 
     if bundle.model.score == "embedding":
@@ -521,7 +521,7 @@ def add_backend(
     Parameters
     ----------
     kind
-        One of :data:`edge_asd.backends.BACKEND_KINDS`.
+        One of :data:`edge_asd.scoring.backends.BACKEND_KINDS`.
     train_paths, val_paths, target_paths
         Normal clips: the back end is fitted on ``train_paths`` (``val_paths`` choose its
         hyper-parameters, ``target_paths`` fill its site slot); score scaling and threshold come from

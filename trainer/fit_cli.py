@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 
 import click
 
-from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, resolve_rate
-from edge_asd.cli_options import false_alarm_rate_options
+from edge_asd.decision.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, resolve_rate
+from edge_asd.cli.options import false_alarm_rate_options
 from edge_asd.errors import DatasetError, ParameterError
 from trainer import quiet_tensorflow_logs
 from trainer.backends import BACKEND_CHOICES
@@ -367,7 +367,7 @@ def recipes(research: bool) -> None:
 @click.option("--no-store", is_flag=True, help="Do not write the metrics into bundle.json.")
 def evaluate(bundle: Path, data_root: Path, layout, machine, ids, snr, protocol, seed, holdout_group, site_clips, out, no_store) -> None:
     """Score DATA_ROOT's test clips with BUNDLE's int8 and float models (device runtime)."""
-    from edge_asd.bundle import read_bundle
+    from edge_asd.scoring.bundle import read_bundle
     from trainer.evaluate import evaluate_clips, markdown_summary
 
     b = read_bundle(bundle)

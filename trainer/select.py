@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from edge_asd.bundle import Bundle, read_bundle, write_bundle
+from edge_asd.scoring.bundle import Bundle, read_bundle, write_bundle
 from edge_asd.errors import ParameterError
 from trainer.recipes import AUTO_CANDIDATES, Recipe, get_recipe
 from trainer.report import selection_markdown

@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from edge_asd.bundle import Normalization, WindowConfig
-from edge_asd.detector import window_view
+from edge_asd.scoring.bundle import Normalization, WindowConfig
+from edge_asd.scoring.detector import window_view
 from edge_asd.errors import ParameterError
 from edge_asd.frontend import FeatureConfig
 from trainer.features_cache import default_cache_dir, extract_features

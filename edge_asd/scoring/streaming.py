@@ -19,7 +19,7 @@ class StreamingScorer:
     Parameters
     ----------
     detector
-        A :class:`edge_asd.detector.Detector`.
+        A :class:`edge_asd.scoring.detector.Detector`.
     n_channels
         Channels of the audio blocks.
 

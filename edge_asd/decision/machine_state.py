@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edge_asd.errors import ParameterError
-from edge_asd.signal_quality import Debouncer, StateChange
+from edge_asd.decision.signal_quality import Debouncer, StateChange
 
 __all__ = ["MachineStateConfig", "MachineGate", "MachineStateMonitor", "running_level", "resolve_gate", "frame_levels",
            "clip_is_idle", "frame_level_record", "MACHINE_IDLE", "MACHINE_RUNNING"]

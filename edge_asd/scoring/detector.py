@@ -6,7 +6,7 @@ bundle's score scaling, ``(raw − mean) / std``, in :meth:`Detector.score_windo
 scores pass through (service, calibration, enrollment, ``score`` and the trainer's evaluation). The trainer's evaluation and the device both
 score through this class, so a clip gets the same score on the desk and on the device.
 
-With a scoring back end in the bundle (:mod:`edge_asd.backends`), the raw window score of an
+With a scoring back end in the bundle (:mod:`edge_asd.scoring.backends`), the raw window score of an
 autoencoder is the back end's score of the window's error vector instead of its mean squared error;
 score scaling, threshold, calibration and enrollment then work on that score as they do on the MSE.
 An embedding model (``mobilefacenet``) has no score of its own: the back end scores its unit-length
@@ -26,11 +26,11 @@ from typing import Any, Iterable, Literal
 import numpy as np
 
 from edge_asd.audio.resample import resample
-from edge_asd.backends import band_errors, represent
-from edge_asd.bundle import VECTOR_SCORES, Bundle, read_bundle
+from edge_asd.scoring.backends import band_errors, represent
+from edge_asd.scoring.bundle import VECTOR_SCORES, Bundle, read_bundle
 from edge_asd.errors import BundleError, ParameterError
 from edge_asd.frontend import compute_features
-from edge_asd.runtime import RuntimeName, TFLiteModel
+from edge_asd.scoring.runtime import RuntimeName, TFLiteModel
 
 __all__ = ["Detector", "window_view"]
 
@@ -60,13 +60,13 @@ class Detector:
     model
         ``"int8"`` (the device model) or ``"float"`` (the reference).
     num_threads, runtime
-        Passed to :class:`~edge_asd.runtime.TFLiteModel`.
+        Passed to :class:`~edge_asd.scoring.runtime.TFLiteModel`.
     class_label
         For ``neg_log_prob`` bundles: the machine class this detector listens to (one of
         ``bundle.model.classes``). The score is ``−log p(class_label)``.
     backend
         ``"bundle"``: the bundle's scoring back end, if it has one; ``None``: the model's own score
-        whatever the bundle holds; or a back end object (:mod:`edge_asd.backends`) to score with
+        whatever the bundle holds; or a back end object (:mod:`edge_asd.scoring.backends`) to score with
         instead (enrollment tries site banks this way before writing them).
     selective_with
         ``"bundle"``: the bundle's own choice (a ``--selective`` enrollment scores under its
@@ -108,7 +108,7 @@ class Detector:
             raise ParameterError(f"a scoring back end needs a reconstruction or embedding model, this bundle's score is {self._score_kind!r}")
         self.representation = (bundle.backend.representation if bundle.backend is not None
                                else "embedding" if self._score_kind == "embedding" else "band_mse")
-        """What the back end scores (:data:`edge_asd.backends.REPRESENTATIONS`)."""
+        """What the back end scores (:data:`edge_asd.scoring.backends.REPRESENTATIONS`)."""
         if isinstance(selective_with, str) and selective_with == "bundle":
             e = bundle.enrollment
             selective_with = (e.factory.normalization, e.factory.score_scaling) if e is not None and e.selective else None
@@ -222,7 +222,7 @@ class Detector:
 
     def window_vectors(self, frames: np.ndarray, *, representation: str | None = None) -> np.ndarray:
         """The representation a back end scores, one row per window of raw (un-normalised) feature
-        frames: ``(n_windows, n_features)`` error vectors (:func:`edge_asd.backends.band_errors`) of an
+        frames: ``(n_windows, n_features)`` error vectors (:func:`edge_asd.scoring.backends.band_errors`) of an
         autoencoder, ``(n_windows, embedding size)`` unit embeddings of an embedding model; float64.
 
         ``representation`` defaults to the back end's (``band_mse`` / ``embedding`` without one).

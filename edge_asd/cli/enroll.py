@@ -1,7 +1,7 @@
 """``edge-asd enroll``: fit a bundle to the site it listens at, or roll it back to the factory values.
 
 calibrate re-sets the threshold; enroll re-fits normalisation + score scaling + threshold;
-rollback returns to factory. The work is done by :mod:`edge_asd.enrollment` (no TensorFlow).
+rollback returns to factory. The work is done by :mod:`edge_asd.decision.enrollment` (no TensorFlow).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from edge_asd.cli_options import false_alarm_rate_options, load_config_or_default as _load_config
+from edge_asd.cli.options import false_alarm_rate_options, load_config_or_default as _load_config
 
 __all__ = ["enroll"]
 
@@ -45,7 +45,7 @@ def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_week, fals
     shorter than 10 periods.
     """
     from edge_asd.config import parse_input_spec
-    from edge_asd.enrollment import _summary, enroll_bundle, rollback_bundle
+    from edge_asd.decision.enrollment import _summary, enroll_bundle, rollback_bundle
 
     if rollback:
         if input_spec or dry_run:
@@ -53,7 +53,7 @@ def enroll(bundle, input_spec, seconds, config_path, false_alarms_per_week, fals
         restored = rollback_bundle(bundle)
         click.echo(f"factory values restored in {Path(bundle) / 'bundle.json'}: {_summary(restored.enrollment.factory)}")
         return
-    from edge_asd.calibration import resolve_rate
+    from edge_asd.decision.calibration import resolve_rate
 
     false_alarms_per_day = resolve_rate(per_day=false_alarms_per_day, per_week=false_alarms_per_week)
     config = _load_config(config_path)

@@ -22,7 +22,7 @@ def false_alarm_rate_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--false-alarms-per-week`` / ``--false-alarms-per-day``: the device's false-alarm target,
     both alarm rules together; at most one of them (neither: one a week). The command receives
     ``false_alarms_per_week`` and ``false_alarms_per_day`` (``None`` when not given) and resolves
-    them with :func:`edge_asd.calibration.resolve_rate`."""
+    them with :func:`edge_asd.decision.calibration.resolve_rate`."""
     f = click.option("--false-alarms-per-day", type=click.FloatRange(min=0, min_open=True), default=None,
                      help="The same target per day (instead of --false-alarms-per-week).")(f)
     return click.option("--false-alarms-per-week", type=click.FloatRange(min=0, min_open=True), default=None,

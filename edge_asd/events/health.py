@@ -4,7 +4,7 @@ Prometheus metrics with the same figures.
 The service pushes into a :class:`HealthWriter` (it never reaches back into the service): its
 counters (:class:`edge_asd.service.ServiceStats`, queue depth, alarm state, threshold) at every
 turn of the processing loop, and, like a sink, every event and every closed period. The machine /
-sensor state follows the events through the same :class:`edge_asd.mqtt_discovery.LiveState` as
+sensor state follows the events through the same :class:`edge_asd.events.discovery.LiveState` as
 the MQTT ``state`` topic, so ``edge-asd status``, Prometheus and Home Assistant all say the same.
 
 The writer replaces the state file atomically (a temporary file, then :func:`os.replace`): a reader
@@ -41,9 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
-from edge_asd.errors import ConfigError, EdgeASDError
-from edge_asd.mqtt_discovery import MACHINE_STATES, LiveState, apply_event, apply_period, evidence_attributes, machine_state
-from edge_asd.sinks import utc_iso
+from edge_asd.errors import ConfigError, EdgeASDError, ParameterError
+from edge_asd.events.discovery import MACHINE_STATES, LiveState, apply_event, apply_period, evidence_attributes, machine_state
+from edge_asd.events import utc_iso
 
 __all__ = [
     "HealthError",
@@ -90,7 +90,7 @@ class HealthError(EdgeASDError):
 
 @dataclass(frozen=True, kw_only=True)
 class HealthConfig:
-    """``edge-asd status`` and the optional Prometheus endpoint (see :mod:`edge_asd.health`)."""
+    """``edge-asd status`` and the optional Prometheus endpoint (see :mod:`edge_asd.events.health`)."""
 
     state_file: Path | None = None
     """JSON file the running service keeps up to date and ``edge-asd status`` reads. Unset:
@@ -166,7 +166,7 @@ class BundleInfo:
 
 
 def bundle_info(bundle: Any, *, model: str) -> BundleInfo:
-    """:class:`BundleInfo` of an :class:`edge_asd.bundle.Bundle` run with ``model``."""
+    """:class:`BundleInfo` of an :class:`edge_asd.scoring.bundle.Bundle` run with ``model``."""
     t = bundle.threshold
     return BundleInfo(path=str(bundle.path), model=model, sr=int(bundle.features.sr), threshold=float(t.value),
                       threshold_set_by=THRESHOLD_SET_BY.get(t.source, t.source),
@@ -439,7 +439,7 @@ class HealthWriter:
     bundle
         The running bundle (:func:`bundle_info`; :meth:`set_bundle` after a reload).
     store
-        The :class:`edge_asd.sinks.SQLiteStore` (for the backlog), if any.
+        The :class:`edge_asd.events.SQLiteStore` (for the backlog), if any.
     clock
         Monotonic clock (seconds), for the write interval and uptime.
 
@@ -503,7 +503,7 @@ class HealthWriter:
             self.write()
 
     def on_period(self, result: Any, threshold: float) -> None:
-        """A closed period (an :class:`edge_asd.alarm.PeriodResult`): written at once."""
+        """A closed period (an :class:`edge_asd.decision.alarm.PeriodResult`): written at once."""
         self._live = apply_period(self._live, score=result.score, threshold=threshold, start_s=result.start_s,
                                   end_s=result.end_s, decided=result.decided, anomalous=result.anomalous, reason=result.reason,
                                   evidence=result.evidence_fraction, evidence_attributes=evidence_attributes(result))

@@ -1,7 +1,7 @@
 """MQTT conventions: the topic layout, Home Assistant discovery and the retained current state.
 
 Pure functions from the device's settings and what it has seen to MQTT messages
-``(topic, payload, retain, qos)``; :class:`edge_asd.sinks.MqttForwarder` publishes them. Nothing
+``(topic, payload, retain, qos)``; :class:`edge_asd.events.MqttForwarder` publishes them. Nothing
 here touches the network, so every message can be checked without a broker.
 
 Topics under ``<topic_prefix>/<device id>`` (see :class:`DeviceTopics`):

@@ -15,7 +15,7 @@ Schema 2 (schema 1 bundles still load, with identity score scaling and no enroll
   top-level ``normalization``, ``score_scaling`` and ``threshold`` sections, which are the only ones
   the detector reads; ``edge-asd enroll --rollback`` copies the factory ones back unchanged.
 
-Schema 3 = schema 2 plus an optional scoring back end (:mod:`edge_asd.backends`):
+Schema 3 = schema 2 plus an optional scoring back end (:mod:`edge_asd.scoring.backends`):
 
 - ``backend``: ``{"kind", "file", "sha256", "representation", "dim", "summary", "fitted_on"}``, the
   *active* back end, a ``.npz`` file in the bundle directory that replaces the model's window score
@@ -52,7 +52,7 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 
-from edge_asd.backends import BACKEND_KINDS, REPRESENTATIONS, load_backend
+from edge_asd.scoring.backends import BACKEND_KINDS, REPRESENTATIONS, load_backend
 from edge_asd.errors import BundleError, ParameterError
 from edge_asd.frontend.config import FeatureConfig
 
@@ -105,7 +105,7 @@ SCORE_KINDS = ("reconstruction_mse", "neg_log_prob", "anomaly_prob", "embedding"
 - ``neg_log_prob``: ``−log softmax(logits)[class_index]`` for the device's own machine class;
 - ``anomaly_prob``: ``softmax(logits)[1]``, probability of the anomaly class (supervised models);
 - ``embedding``: the model gives an embedding; the bundle's scoring back end (required) scores it
-  (:mod:`edge_asd.backends`, representation ``embedding``).
+  (:mod:`edge_asd.scoring.backends`, representation ``embedding``).
 """
 
 
@@ -327,7 +327,7 @@ class Threshold:
     Empty when not recorded (exported thresholds, older bundles)."""
     evidence: EvidenceRule | None = None
     """The sequential evidence rule fitted with the threshold on the same normal periods
-    (:mod:`edge_asd.evidence`); ``None`` in bundles from before it, or when the audio was too short
+    (:mod:`edge_asd.decision.evidence`); ``None`` in bundles from before it, or when the audio was too short
     (``details["evidence_note"]`` says how much is needed)."""
 
     def __post_init__(self) -> None:
@@ -358,15 +358,15 @@ class Threshold:
 
 @dataclass(frozen=True, kw_only=True)
 class BackendRef:
-    """A scoring back end file of the bundle (:mod:`edge_asd.backends`) and what it was fitted on."""
+    """A scoring back end file of the bundle (:mod:`edge_asd.scoring.backends`) and what it was fitted on."""
 
     kind: str
-    """One of :data:`edge_asd.backends.BACKEND_KINDS`."""
+    """One of :data:`edge_asd.scoring.backends.BACKEND_KINDS`."""
     file: str
     """File name inside the bundle directory (``.npz``)."""
     sha256: str
     representation: str
-    """What the back end scores: one of :data:`edge_asd.backends.REPRESENTATIONS`."""
+    """What the back end scores: one of :data:`edge_asd.scoring.backends.REPRESENTATIONS`."""
     dim: int
     """Size of the vectors (features per frame for the band representations)."""
     summary: str = ""
@@ -562,7 +562,7 @@ class Bundle:
         return refs
 
     def load_backend(self):
-        """The active back end (:mod:`edge_asd.backends`), or ``None``."""
+        """The active back end (:mod:`edge_asd.scoring.backends`), or ``None``."""
         if self.backend is None:
             return None
         return load_backend(self.path / self.backend.file, dim=self.backend.dim)
@@ -822,7 +822,7 @@ def ensemble_problems(primary: Bundle, member: Bundle) -> list[str]:
 
 def verify_backend_file(bundle: Bundle, ref: BackendRef, meta: Path | None = None) -> None:
     """Check that a back end file exists, matches its digest and holds a back end of the bundle's
-    kind and vector size (:func:`edge_asd.backends.load_backend`'s checks); raise :class:`BundleError`
+    kind and vector size (:func:`edge_asd.scoring.backends.load_backend`'s checks); raise :class:`BundleError`
     naming the file otherwise."""
     meta = meta or bundle.path / BUNDLE_JSON
     target = bundle.path / ref.file

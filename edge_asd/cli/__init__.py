@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from edge_asd import __version__
-from edge_asd.cli_options import false_alarm_rate_options, load_config_or_default as _load_config
+from edge_asd.cli.options import false_alarm_rate_options, load_config_or_default as _load_config
 from edge_asd.errors import EdgeASDError
 
 EXIT_CONFIG = 78
@@ -172,7 +172,7 @@ def status(config_path, state_file, as_json) -> None:
       4  stale: the service that wrote the state file is gone without a clean stop (killed,
          crashed), or has not updated it for 3 x health.write_interval_s (hung)
     """
-    from edge_asd.health import format_status, read_status, resolve_state_file
+    from edge_asd.events.health import format_status, read_status, resolve_state_file
 
     if state_file is None:
         config = _load_config(config_path)
@@ -207,7 +207,7 @@ def calibrate(bundle, input_spec, config_path, seconds, false_alarms_per_week, f
     alarms per week (default 1; half each). The previous threshold is kept in the bundle's history. calibrate re-sets the threshold; enroll re-fits normalisation +
     score scaling + threshold; 'enroll --rollback' returns to factory.
     """
-    from edge_asd.calibration import calibrate_bundle, resolve_rate
+    from edge_asd.decision.calibration import calibrate_bundle, resolve_rate
     from edge_asd.config import parse_input_spec
     from edge_asd.audio.sources import describe_input
 
@@ -255,10 +255,10 @@ def score(bundle, inputs, csv_path, model, class_label, threshold, config_path) 
 
     from edge_asd.audio import read_wav
     from edge_asd.audio.resample import resample
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.frontend import compute_features
-    from edge_asd.machine_state import clip_is_idle, resolve_gate
-    from edge_asd.signal_quality import assess_clip, learn_signal_config
+    from edge_asd.decision.machine_state import clip_is_idle, resolve_gate
+    from edge_asd.decision.signal_quality import assess_clip, learn_signal_config
 
     config = _load_config(config_path)
     detector = Detector.from_bundle(bundle, model=model, class_label=class_label)
@@ -322,7 +322,7 @@ def info(bundle, no_model) -> None:
     """Describe BUNDLE: model, features, window, threshold and its history, metrics."""
     import json
 
-    from edge_asd.bundle import MODEL_FILES, read_bundle
+    from edge_asd.scoring.bundle import MODEL_FILES, read_bundle
 
     b = read_bundle(bundle)
     f, w, m, t = b.features, b.window, b.model, b.threshold
@@ -378,7 +378,7 @@ def info(bundle, no_model) -> None:
         for ref, member in zip(e.members, b.load_members()):
             click.echo(f"  member   {ref.path}: {member.model.kind} ({member.model.objective}), "
                        f"int8 sha256 {member.model.sha256.get('int8', '?')[:16]}")
-    from edge_asd.enrollment import describe_enrollment
+    from edge_asd.decision.enrollment import describe_enrollment
 
     for line in describe_enrollment(b):
         click.echo(line)
@@ -387,7 +387,7 @@ def info(bundle, no_model) -> None:
     if b.provenance:
         click.echo("provenance " + json.dumps(dict(b.provenance), sort_keys=True, default=str)[:500])
     if not no_model:
-        from edge_asd.detector import Detector
+        from edge_asd.scoring.detector import Detector
 
         d = Detector(b)
         click.echo(f"runtime    {d.model.runtime}: int8 model loads, input {d.model.input_dtype}, output {d.model.output_dtype}")
@@ -409,7 +409,7 @@ def bench(bundle, model, seconds, channels, repeats, num_threads, class_label) -
     """
     import time
 
-    from edge_asd.detector import Detector, window_view
+    from edge_asd.scoring.detector import Detector, window_view
     from edge_asd.service import StreamingScorer
 
     detector = Detector.from_bundle(bundle, model=model, num_threads=num_threads, class_label=class_label)
@@ -461,11 +461,11 @@ def bench(bundle, model, seconds, channels, repeats, num_threads, class_label) -
     click.echo(f"real-time factor  {best / seconds:.5f} (best), {med / seconds:.5f} (median)")
 
 
-from edge_asd.record_cli import record  # noqa: E402
+from edge_asd.cli.record import record  # noqa: E402
 cli.add_command(record)
-from edge_asd.enroll_cli import enroll  # noqa: E402
+from edge_asd.cli.enroll import enroll  # noqa: E402
 cli.add_command(enroll)
-from edge_asd.signing_cli import keygen, sign, sign_bundle_command  # noqa: E402
+from edge_asd.cli.signing import keygen, sign, sign_bundle_command  # noqa: E402
 cli.add_command(keygen)
 cli.add_command(sign)
 cli.add_command(sign_bundle_command)

@@ -44,7 +44,7 @@ def record(out_dir, config_path, input_spec, seconds, clip_seconds, device_id, m
 
     from edge_asd.audio.sources import open_source
     from edge_asd.config import Config, load_config, parse_input_spec
-    from edge_asd.recorder import (
+    from edge_asd.audio.recorder import (
         STOP_DISK_FULL,
         STOP_INTERRUPTED,
         STOP_SOURCE_ENDED,

@@ -8,7 +8,7 @@ One story for the three on-site commands:
 - ``edge-asd enroll --rollback`` returns to the factory values, exactly as exported.
 
 Enrollment reads the audio once (microphone, wav file or folder, through
-:func:`edge_asd.audio.sources.open_source`), checks it (:mod:`edge_asd.signal_quality`: silence,
+:func:`edge_asd.audio.sources.open_source`), checks it (:mod:`edge_asd.decision.signal_quality`: silence,
 flat-lined channels, clipping) and keeps its mono downmix in memory (4 bytes per sample at the
 bundle's rate: 38 MB for 10 minutes at 16 kHz) so that every later step sees the same samples:
 
@@ -16,10 +16,10 @@ bundle's rate: 38 MB for 10 minutes at 16 kHz) so that every later step sees the
    factory normalisation was "global");
 2. score scaling: mean and std of the site's window scores under that normalisation;
 3. threshold: the site's period scores, scored as the service scores them
-   (:func:`edge_asd.calibration.score_periods`), and a gamma tail fit for the false-alarm rate
-   and the sequential evidence rule (:func:`edge_asd.calibration.fit_alarm_rules`), as ``calibrate`` does.
+   (:func:`edge_asd.decision.calibration.score_periods`), and a gamma tail fit for the false-alarm rate
+   and the sequential evidence rule (:func:`edge_asd.decision.calibration.fit_alarm_rules`), as ``calibrate`` does.
 
-A bundle whose scoring back end has a site slot (:mod:`edge_asd.backends`: the k-NN site bank,
+A bundle whose scoring back end has a site slot (:mod:`edge_asd.scoring.backends`: the k-NN site bank,
 selective Mahalanobis' target statistics) also gets it filled from the site's windows. A window
 is at distance zero from itself in a bank, so the scores the scale and threshold come from are
 *cross-fitted*: the audio is cut in two halves at a period boundary, each half is scored with the
@@ -39,16 +39,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from edge_asd.backends import Backend, load_backend, save_backend
-from edge_asd.bundle import (
+from edge_asd.scoring.backends import Backend, load_backend, save_backend
+from edge_asd.scoring.bundle import (
     BackendRef, Bundle, Enrollment, EnrollmentValues, Normalization, ScoreScaling, SiteEnrollment, file_sha256, read_bundle,
     write_bundle,
 )
 from edge_asd.audio.sources import describe_input
-from edge_asd.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, MIN_PERIODS, AlarmRules, CalibrationResult, fit_alarm_rules, score_periods, threshold_record
+from edge_asd.decision.calibration import DEFAULT_FALSE_ALARMS_PER_DAY, MIN_PERIODS, AlarmRules, CalibrationResult, fit_alarm_rules, score_periods, threshold_record
 from edge_asd.errors import AudioFileError, BundleError, ParameterError
-from edge_asd.machine_state import frame_level_record
-from edge_asd.signal_quality import SignalStats, SignalSummary, channel_correlation, check_enrollment_audio
+from edge_asd.decision.machine_state import frame_level_record
+from edge_asd.decision.signal_quality import SignalStats, SignalSummary, channel_correlation, check_enrollment_audio
 
 __all__ = ["EnrollmentResult", "enroll_bundle", "rollback_bundle", "describe_input", "describe_enrollment", "STD_FLOOR_DB"]
 
@@ -196,7 +196,7 @@ def enroll_bundle(
     period_s
         Scoring period of the service, seconds (the threshold is for period means).
     false_alarms_per_day
-        The device's false-alarm target per day, both alarm rules together (:func:`edge_asd.calibration.fit_alarm_rules`).
+        The device's false-alarm target per day, both alarm rules together (:func:`edge_asd.decision.calibration.fit_alarm_rules`).
     model, class_label
         The model the service runs (``int8`` / ``float``) and its machine class (``neg_log_prob``).
     selective
@@ -211,7 +211,7 @@ def enroll_bundle(
         flat-lined or clipped audio, too little audio; every message names the input.
     """
     from edge_asd.audio.sources import open_source
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.frontend import compute_features
 
     bundle = read_bundle(bundle_path)
@@ -302,7 +302,7 @@ def enroll_bundle(
             "n_windows": int(raw.size),
             "signal": signal.to_dict(),
             # What the service's sensor and machine-state monitors learn from (see
-            # edge_asd.signal_quality.learn_signal_config and edge_asd.machine_state.resolve_gate).
+            # edge_asd.decision.signal_quality.learn_signal_config and edge_asd.decision.machine_state.resolve_gate).
             "quality": {"channel_correlation_p05": correlation_p05, "frame_level_db": frame_level_record(frames)},
             "factory_on_site": {
                 "periods_above_threshold": factory_exceedances,
@@ -349,7 +349,7 @@ def rollback_bundle(bundle_path: str | Path) -> Bundle:
             f"{bundle.path / 'bundle.json'}: holds no factory record (never enrolled, schema {bundle.schema_version}); "
             "its values are the ones it was exported with, nothing to roll back"
         )
-    from edge_asd.bundle import _utcnow
+    from edge_asd.scoring.bundle import _utcnow
 
     event = {"event": "rollback", "created": _utcnow(), "site": None if e.site is None else e.site.to_json(),
              "replaced_threshold": bundle.threshold.to_dict()}
@@ -382,7 +382,7 @@ class _SiteSlot:
 
 def _cross_fit(base: Bundle, factory_backend: Any, mono: np.ndarray, *, period_s: float, model: str, log) -> _SiteSlot:
     """Fill the site slot of ``factory_backend`` from each half of ``mono`` and score the other half."""
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.detector import Detector
     from edge_asd.frontend import compute_features
 
     sr = base.features.sr

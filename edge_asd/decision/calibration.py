@@ -11,7 +11,7 @@ The rate is per *period*; the alarm's k-of-n debounce makes actual onset events 
 the stated rate is an upper bound on false alarm events.
 
 The same periods, in stream order, calibrate the sequential evidence rule
-(:func:`edge_asd.evidence.fit_evidence_rule`). The user states one false-alarm rate for the device
+(:func:`edge_asd.decision.evidence.fit_evidence_rule`). The user states one false-alarm rate for the device
 (:data:`DEFAULT_FALSE_ALARMS_PER_DAY`: one a week); :func:`fit_alarm_rules` gives each rule half
 of it, so that the two together stay within it. When the audio is too short for the evidence
 rule, the threshold takes the whole rate, and the record says how much audio the rule needs.
@@ -26,9 +26,9 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from edge_asd.alarm import PeriodAverager
+from edge_asd.decision.alarm import PeriodAverager
 from edge_asd.errors import ParameterError
-from edge_asd.evidence import SECONDS_PER_WEEK, EvidenceRule, fit_evidence_rule
+from edge_asd.decision.evidence import SECONDS_PER_WEEK, EvidenceRule, fit_evidence_rule
 
 __all__ = ["BundleCalibration", "CalibrationResult", "AlarmRules", "calibrate_bundle", "fit_threshold", "fit_alarm_rules",
            "score_periods", "threshold_record", "resolve_rate", "check_threshold_setting", "SECONDS_PER_DAY", "MIN_PERIODS", "DEFAULT_FALSE_ALARMS_PER_DAY",
@@ -275,7 +275,7 @@ def score_periods(detector: Any, source: Any, *, period_s: float, max_seconds: f
     Reads until the source ends or ``max_seconds`` of audio were read. The last, partial period is
     kept only if it holds at least half a period of windows' worth of time.
     """
-    from edge_asd.streaming import StreamingScorer
+    from edge_asd.scoring.streaming import StreamingScorer
 
     scorer = StreamingScorer(detector, n_channels=source.n_channels)
     averager = PeriodAverager(period_s)
@@ -317,13 +317,13 @@ def threshold_record(
     source: str = "device",
     calibrated_for: Mapping[str, Any] | None = None,
 ) -> Any:
-    """The :class:`edge_asd.bundle.Threshold` to store for ``result``.
+    """The :class:`edge_asd.scoring.bundle.Threshold` to store for ``result``.
 
     ``source`` is ``"device"`` (``edge-asd calibrate``), ``"enrollment"`` (``edge-asd enroll``) or
     ``"training"`` (export). ``calibrated_for`` records the settings the scores were measured with
     (``period_s``, ``model``, ``class_label``, ``n_channels``); the service checks them at start-up.
     """
-    from edge_asd.bundle import Threshold
+    from edge_asd.scoring.bundle import Threshold
 
     rules = result if isinstance(result, AlarmRules) else None
     result = result.threshold if rules is not None else result
@@ -354,7 +354,7 @@ class BundleCalibration:
     result: CalibrationResult
     rules: AlarmRules
     previous: Any
-    """The :class:`edge_asd.bundle.Threshold` the bundle had before."""
+    """The :class:`edge_asd.scoring.bundle.Threshold` the bundle had before."""
     input_desc: str
     audio_s: float
     """Audio read, seconds."""
@@ -382,8 +382,8 @@ def calibrate_bundle(
     the audio holds fewer than :data:`MIN_PERIODS` periods.
     """
     from edge_asd.audio.sources import open_source
-    from edge_asd.bundle import update_threshold
-    from edge_asd.detector import Detector
+    from edge_asd.scoring.bundle import update_threshold
+    from edge_asd.scoring.detector import Detector
     from edge_asd.audio.sources import describe_input
 
     detector = Detector.from_bundle(bundle_path, model=model, class_label=class_label)

@@ -13,7 +13,7 @@ k-of-n look-back restarts when the hold is released. A window can also be marked
 had a sensor problem or an idle level): it moves the period grid on but stays out of the mean.
 
 Beside the k-of-n rule, which hears a fault loud in single periods, an optional evidence rule
-(:class:`edge_asd.evidence.EvidenceRule`, a one-sided CUSUM over standardised period scores) hears
+(:class:`edge_asd.decision.evidence.EvidenceRule`, a one-sided CUSUM over standardised period scores) hears
 a small shift that persists. Either rule raises the onset (``rule`` says which); back to normal
 needs both: ``recovery_m`` normal periods in a row *and* the evidence drained to zero (it is
 capped at its alarm level during an alarm, so draining takes a bounded stretch of normal sound).
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal
 
 from edge_asd.errors import ParameterError
-from edge_asd.evidence import Cusum, EvidenceRule
+from edge_asd.decision.evidence import Cusum, EvidenceRule
 
 __all__ = ["AlarmConfig", "PeriodResult", "PeriodAverager", "AlarmLogic", "ExcludedStretches", "EVENT_ONSET",
            "EVENT_RECOVERY", "MIN_PARTIAL_PERIOD", "RULE_PERIOD", "RULE_EVIDENCE"]

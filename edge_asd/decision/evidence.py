@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_asd.bundle import DEFAULT_SHIFT_SD, EvidenceRule
+from edge_asd.scoring.bundle import DEFAULT_SHIFT_SD, EvidenceRule
 from edge_asd.errors import ParameterError
 
 __all__ = [

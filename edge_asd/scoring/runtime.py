@@ -14,7 +14,7 @@ from typing import Any, Callable, Literal
 
 import numpy as np
 
-from edge_asd.bundle import QuantParams
+from edge_asd.scoring.bundle import QuantParams
 from edge_asd.errors import BundleError, ParameterError, RuntimeUnavailableError
 
 __all__ = ["RUNTIMES", "load_interpreter_class", "TFLiteModel"]

@@ -57,7 +57,7 @@ def sign(command_json: str, key_path: Path, device: str) -> None:
 def sign_bundle_command(bundle: Path, key_path: Path, version: int) -> None:
     """Sign BUNDLE (writes BUNDLE/bundle.sig over its bundle.json, which holds every file's sha256)
     so that a device's remote reload accepts it from its mqtt.incoming_dir."""
-    from edge_asd.bundle import read_bundle
+    from edge_asd.scoring.bundle import read_bundle
     from edge_asd.signing import load_private_key, sign_bundle
 
     read_bundle(bundle)  # a bundle whose files do not match bundle.json is not worth signing
