@@ -60,9 +60,16 @@ def test_corrupt_tflite(tmp_path, clip):
     (bundle / "model_int8.tflite").write_bytes(b"\x00garbage" * 100)
     assert_clean_failure(edge_asd("score", bundle, clip[0]), "does not match the digest")
     meta = json.loads((bundle / "bundle.json").read_text())
-    meta["model"]["sha256"] = {}  # without digests the interpreter itself must refuse it cleanly
+    # Its digest recorded (as a tool that made a broken model would): the interpreter itself must refuse it cleanly.
+    import hashlib
+
+    meta["model"]["sha256"]["int8"] = hashlib.sha256((bundle / "model_int8.tflite").read_bytes()).hexdigest()
     (bundle / "bundle.json").write_text(json.dumps(meta))
     assert_clean_failure(edge_asd("score", bundle, clip[0]), "not a loadable TFLite model")
+    # Without digests nothing would be checked: refused.
+    meta["model"]["sha256"] = {}
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    assert_clean_failure(edge_asd("score", bundle, clip[0]), "records no sha256 for model_int8.tflite")
 
 
 def test_unreadable_clip_is_an_error_not_a_zero_score(tmp_path, clip):

@@ -59,15 +59,19 @@ def test_cusum_accumulates_a_shift_and_says_where_it_began():
 
 # -- calibration ------------------------------------------------------------------------------------
 
-def test_alarm_level_for_independent_gaussian_scores_matches_the_textbook_value():
+def test_alarm_level_for_independent_gaussian_scores_is_the_textbook_value_a_little_raised():
     # With many i.i.d. N(0, 1) periods the simulation has little to add to Siegmund's approximation:
     # ARL = 2 (e^b - b - 1), b = h + 1.166, for k = 0.5; one a week at 10 s periods is 60480 periods.
+    # The level guarantees the rate for nine recordings in ten, so it sits a little above (at most
+    # a few times the textbook's mean time between false alarms for 3000 periods), never below.
     x = np.random.default_rng(3).standard_normal(3000)
     r = fit_evidence_rule(x, period_s=PERIOD_S, false_alarms_per_week=1.0)
     b = r.decision_level + 1.166
     arl = 2 * (math.exp(b) - b - 1)
-    assert 0.5 < arl / (SECONDS_PER_WEEK / PERIOD_S) < 2.0, r.decision_level
-    assert r.details["ar_order"] == 0 and not r.details["extrapolated"]
+    assert 0.8 < arl / (SECONDS_PER_WEEK / PERIOD_S) < 4.0, r.decision_level
+    assert r.details["ar_order"] == 0 and r.details["guarantee"] == 0.9
+    assert r.details["replicate_levels"]["median"] <= r.decision_level and r.details["replicate_levels"]["off_reference"] == 0
+    assert r.details["extrapolated"]  # one a week is rarer than 50 000 simulated periods per replicate can show
     # A shift of 1 sd drifts by 0.5 per period: about (h + 1.166) / 0.5 periods to the alarm level.
     assert r.delay_s(1.0) == pytest.approx(b / 0.5 * PERIOD_S, rel=0.2)
     assert r.delay_s(2.0) < r.delay_s(1.0) < r.delay_s(0.5)
@@ -198,9 +202,10 @@ def test_a_loud_fault_still_raises_the_period_rule_and_both_can_fire_together():
         alarm = AlarmLogic(CFG, threshold=6.0, evidence=rule(h=h))
         return next(r for r in replay(alarm, [0.0] * 5 + [20.0] * 3) if r.event == EVENT_ONSET)
 
-    # Each loud period adds 19.5: with h = 5 one is evidence enough, before 2 of 3 periods are loud.
-    assert (first_onset(5.0).rules, first_onset(5.0).start_s) == ((RULE_EVIDENCE,), 50.0)
-    assert (first_onset(30.0).rules, first_onset(30.0).start_s) == ((RULE_PERIOD, RULE_EVIDENCE), 60.0)
+    # A loud period counts as z_cap = 3 sd, adding 2.5: with h = 2 one is evidence enough, before 2 of 3
+    # periods are loud; with h = 5 it takes two, as the period rule does.
+    assert (first_onset(2.0).rules, first_onset(2.0).start_s) == ((RULE_EVIDENCE,), 50.0)
+    assert (first_onset(5.0).rules, first_onset(5.0).start_s) == ((RULE_PERIOD, RULE_EVIDENCE), 60.0)
     loud = first_onset(50.0)
     assert (loud.rules, loud.start_s, loud.shift_start_s) == ((RULE_PERIOD,), 60.0, None)
 

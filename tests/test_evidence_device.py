@@ -139,15 +139,15 @@ def test_a_sensor_loss_forgets_the_evidence(tmp_path):
 
 
 def test_an_evidence_onset_says_which_rule_fired_and_carries_the_evidence(tmp_path):
-    bundle = evidence_bundle(tmp_path, level=35.0)  # about 10 sd a period: the 4th period crosses
+    bundle = evidence_bundle(tmp_path, level=9.0)  # about 10 sd a period, counted as z_cap = 3: 2.5 a period, the 4th crosses
     seen = run_service(bundle, tmp_path / "events.sqlite", ToneSource(8.0))
     onset = next(e for e in seen.events if e.kind == "onset")
     d = onset.details
-    assert d["rules"] == ["evidence"] and d["evidence"] >= 35.0 and d["evidence_level"] == 35.0
+    assert d["rules"] == ["evidence"] and d["evidence"] >= 9.0 and d["evidence_level"] == 9.0
     assert d["evidence_fraction"] == 1.0 and d["evidence_false_alarms_per_week"] == 1.0
     assert d["shift_start_s"] == pytest.approx(seen.periods[0].start_s, abs=0.05) and d["shift_sd"] > 5
     assert d["shift_start_utc"] <= onset.time_utc
-    # Normal sound never drains 10 sd a period: the alarm holds, no back-to-normal.
+    # Sound 10 sd above the reference never drains the evidence: the alarm holds, no back-to-normal.
     assert [e.kind for e in seen.events] == ["onset"]
 
 

@@ -92,8 +92,9 @@ STREAM_NORMAL_CLIPS = 4
 STREAM_REPAIRED_CLIPS = 36
 """Normal clips after the fault (the machine repaired): back to normal needs the evidence drained,
 about twice the evidence rule's alarm level in periods (k = 0.5 a normal period)."""
-SITE_CLIPS = 36
-"""Normal clips the demo calibrates on (6 min at 10 s): the evidence rule needs at least 30 periods."""
+SITE_CLIPS = 120
+"""Normal clips the demo calibrates on (20 min at 10 s): the evidence rule needs at least 30 periods, and
+its alarm level falls as the recording grows (its reference is less uncertain)."""
 SITE_INDEX = 20_000
 STREAM_INDEX = 10_000
 """Clip numbers of the streamed clips: far above the data set's, so none of them was trained or tested on."""

@@ -221,6 +221,9 @@ class ModelInfo:
 
 DEFAULT_SHIFT_SD = 1.0
 """The shift the evidence rule is tuned to, in standard deviations of the normal period scores (k = 0.5)."""
+DEFAULT_Z_CAP = 3.0
+"""Standardised period scores above this count as this much evidence (a winsorised CUSUM), set a
+priori: three standard deviations leave a one-sd shift's periods untouched."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -239,17 +242,22 @@ class EvidenceRule:
     """Length of the periods the scores were measured in, seconds."""
     shift_sd: float = DEFAULT_SHIFT_SD
     """The shift the rule is tuned to (``k = shift_sd / 2``), standard deviations."""
+    z_cap: float = DEFAULT_Z_CAP
+    """A period adds at most ``z_cap - k`` to the statistic, standard deviations: one loud period is
+    the period rule's to judge, and a recording cannot show how often normal sound goes beyond its
+    own highest period, so the calibration could not promise a rate for uncapped spikes."""
     method: str = "cusum-sieve-bootstrap"
     details: Mapping[str, Any] = field(default_factory=dict)
     """How it was fitted: periods, autoregression order, replicates, whether ``h`` was extrapolated, the
     expected delays (``delay_s``: shift in SD -> seconds), a statement."""
 
     def __post_init__(self) -> None:
-        for name in ("reference_mean", "reference_std", "decision_level", "false_alarms_per_week", "period_s", "shift_sd"):
+        for name in ("reference_mean", "reference_std", "decision_level", "false_alarms_per_week", "period_s", "shift_sd",
+                     "z_cap"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise ParameterError(f"evidence.{name} must be a finite number, got {value!r}")
-        for name in ("reference_std", "decision_level", "false_alarms_per_week", "period_s", "shift_sd"):
+        for name in ("reference_std", "decision_level", "false_alarms_per_week", "period_s", "shift_sd", "z_cap"):
             if not getattr(self, name) > 0:
                 raise ParameterError(f"evidence.{name} must be > 0, got {getattr(self, name)!r}")
 
