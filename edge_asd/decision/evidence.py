@@ -28,7 +28,7 @@ cap, half the false alarms on heavy-tailed synthetic scores came from one or two
 Calibration (:func:`fit_evidence_rule`) turns a false-alarm rate (per week) into ``h`` from the
 site's own normal period scores, in stream order. Successive period scores are correlated and
 not Gaussian, so no textbook formula is used: a sieve bootstrap (Bühlmann 1997) fits an
-autoregression to the recorded series (order by BIC, 0 when the periods look independent) and
+autoregression to the recorded series (order by AIC, 0 when the periods look independent) and
 drives it with the series' own residuals drawn with replacement, which keeps both the correlation
 and the non-Gaussian tails (negative correlation, which a short series shows by chance and a
 machine does not, is not modelled: it would lower the level). Each replicate is one recording the
@@ -142,7 +142,7 @@ class Cusum:
 
 
 def ar_order(scores: np.ndarray, max_order: int | None = None) -> tuple[int, np.ndarray]:
-    """Order (by BIC) and Yule-Walker coefficients of an autoregression of a period-score series.
+    """Order (by AIC) and Yule-Walker coefficients of an autoregression of a period-score series.
 
     The sieve bootstrap's model of the correlation between successive periods: order 0 when the
     periods look independent. At most ``n // 10`` lags (and 8), so each is backed by data.
@@ -165,9 +165,9 @@ def ar_order(scores: np.ndarray, max_order: int | None = None) -> tuple[int, np.
         innovation = acov[0] - phi @ r[1:order + 1]
         if not innovation > 0:
             break
-        bic = n * math.log(innovation) + order * math.log(n)
-        if bic < best[0]:
-            best = (bic, order, phi)
+        aic = n * math.log(innovation) + 2 * order
+        if aic < best[0]:
+            best = (aic, order, phi)
     order, phi = best[1], best[2]
     if order and phi.sum() < 0:
         # Negatively correlated periods would make sums of scores steadier than independent ones and
