@@ -95,6 +95,9 @@ class InputConfig:
     """Files only: start again at the end (demo mode)."""
     reconnect_max_s: float = 30.0
     """Microphone: longest back-off between reconnect attempts, seconds."""
+    max_pace: float = 1.5
+    """Live input: more seconds of audio per second of wall time than this (over 5 s) is a sensor
+    fault (``faster_than_realtime``); 0 turns the check off (a test device paced by its feeder)."""
 
     def __post_init__(self) -> None:
         if self.kind not in INPUT_KINDS:
@@ -110,6 +113,8 @@ class InputConfig:
                 raise ParameterError(f"input.{key} must be > 0 seconds, got {value!r}")
         if self.queue_s < self.block_s:
             raise ParameterError(f"input.queue_s ({self.queue_s}) must hold at least one block ({self.block_s} s)")
+        if not (math.isfinite(self.max_pace) and (self.max_pace == 0 or self.max_pace > 1)):
+            raise ParameterError(f"input.max_pace must be 0 (off) or above 1 (seconds of audio per second), got {self.max_pace!r}")
 
     @property
     def block_size(self) -> int:

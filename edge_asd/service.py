@@ -254,7 +254,8 @@ class Service:
             self.source.on_status = on_status
         from edge_asd.decision.signal_quality import PaceMonitor
 
-        pace = PaceMonitor(sr) if self.source.realtime else None
+        max_pace = self.config.input.max_pace
+        pace = PaceMonitor(sr, fast=max_pace) if self.source.realtime and max_pace else None
         try:
             for block in self.source.blocks():
                 if self._stop.is_set():

@@ -53,6 +53,7 @@ channels = {channels}
 sample_rate_hz = {SR}
 block_s = 0.1
 reconnect_max_s = 1.0
+max_pace = 0                      # the FIFO device delivers as fast as the test feeds it (4x real time)
 
 [alarm]
 period_s = 1.0
@@ -320,44 +321,6 @@ def test_record_writes_exactly_the_samples_the_device_delivered(device, tmp_path
 # an input overrun (paInputOverflowed; the null-clocked file PCM never overruns). Everything else is
 # real: the device is enumerated, opened and read by PortAudio, and its disappearance from the ALSA
 # configuration is what the reconnecting source finds at every reopen until it is declared again.
-def test_a_device_that_opens_but_never_delivers_backs_off_and_raises_one_sensor_lost(device, bundle, tmp_path):
-    """The review's flood: a microphone that opens but fails its first read gave 2,116 sensor_lost /
-    sensor_back pairs in 5 s. Now: one sensor_lost, no sensor_back until audio comes, reopen attempts
-    spaced by the back-off; then audio, one sensor_back, and detection goes on."""
-    db = tmp_path / "events.sqlite"
-    cfg = mic_toml(tmp_path, bundle=bundle, db=db)
-    control = tmp_path / "fault"
-    env = alsa_env(device)
-    env["EDGE_ASD_TEST_FAULTS"] = str(control)
-    run = Running([sys.executable, "-c", FAULTS_LAUNCHER, "run", "--config", str(cfg), "--input", f"mic:{device.name}"], env)
-    try:
-        run.wait_for("capturing from device")
-        device.feed(wav_frames(one_wav(tmp_path / "a", ["normal"])), speed=4.0)
-        device.wait_drained()
-        time.sleep(0.3)
-        control.write_text("dead")  # from the next read on, every read fails before it returns audio
-        device.feed(device.silence(0.1), speed=1000)
-        run.wait_for("stopped delivering audio")
-        for _ in range(4):  # the device keeps opening and failing: each attempt waits its back-off
-            device.feed(device.silence(0.1), speed=1000)
-            time.sleep(0.5)
-        lines = [line for line in run.err if "opened but delivered no audio" in line]
-        assert 1 <= len(lines) <= 6, lines  # 0.5 s, then 1.0 s (reconnect_max_s) between attempts: not thousands
-        control.unlink()
-        run.wait_for("capturing from device", count=len(lines) + 2)
-        device.feed(wav_frames(one_wav(tmp_path / "b", ["normal"] * 2, seed=5)), speed=4.0)
-        device.wait_drained()
-        run.wait_for("is back after")
-        time.sleep(0.5)
-        rc, out, err = run.stop(device)
-    finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
-    assert rc == 0, err
-    events = [e["kind"] for e in json_lines(out) if e["type"] == "event"]
-    assert events.count("sensor_lost") == 1 and events.count("sensor_back") == 1, events
-
-
 FAULTS_LAUNCHER = '''
 import os, sys
 import pyaudio
@@ -401,17 +364,23 @@ main(sys.argv[1:])
 '''
 
 
+def run_with_faults(device, bundle, tmp_path: Path) -> tuple[Running, Path]:
+    """``edge-asd run`` on ``device`` through :data:`FAULTS_LAUNCHER`; write a fault's name to the
+    returned control file to inject it."""
+    cfg = mic_toml(tmp_path, bundle=bundle, db=tmp_path / "events.sqlite")
+    control = tmp_path / "fault"
+    env = alsa_env(device)
+    env["EDGE_ASD_TEST_FAULTS"] = str(control)
+    return Running([sys.executable, "-c", FAULTS_LAUNCHER, "run", "--config", str(cfg), "--input", f"mic:{device.name}"], env), control
+
+
 def test_a_device_that_vanishes_gives_sensor_lost_then_sensor_back_and_nothing_else_is_lost(device, bundle, tmp_path):
     import sqlite3
 
     before = one_wav(tmp_path / "before", ["normal"] * 2 + ["anomaly"] * 3, seed=2)  # onset during this part
     after = one_wav(tmp_path / "after", ["anomaly"] + ["normal"] * 3, seed=3)  # back to normal after the outage
     db = tmp_path / "events.sqlite"
-    cfg = mic_toml(tmp_path, bundle=bundle, db=db)
-    control = tmp_path / "fault"
-    env = alsa_env(device)
-    env["EDGE_ASD_TEST_FAULTS"] = str(control)
-    run = Running([sys.executable, "-c", FAULTS_LAUNCHER, "run", "--config", str(cfg), "--input", f"mic:{device.name}"], env)
+    run, control = run_with_faults(device, bundle, tmp_path)
     try:
         run.wait_for("capturing from device")
         first = wav_frames(before)
@@ -458,3 +427,36 @@ def test_a_device_that_vanishes_gives_sensor_lost_then_sensor_back_and_nothing_e
     last_stats = [ln for ln in err.splitlines() if "real-time factor" in ln][-1]
     assert "audio 17.9 s" in last_stats and "dropped 0 blocks" in last_stats, last_stats
     assert "device overflows 1" in last_stats and "sensor lost 1 times" in last_stats, last_stats
+
+
+def test_a_device_that_opens_but_never_delivers_backs_off_and_raises_one_sensor_lost(device, bundle, tmp_path):
+    """The review's flood: a microphone that opens but fails its first read gave 2,116 sensor_lost /
+    sensor_back pairs in 5 s. Now: one sensor_lost, no sensor_back until audio comes, reopen attempts
+    spaced by the back-off; then audio, one sensor_back, and detection goes on."""
+    run, control = run_with_faults(device, bundle, tmp_path)
+    try:
+        run.wait_for("capturing from device")
+        device.feed(wav_frames(one_wav(tmp_path / "a", ["normal"])), speed=4.0)
+        device.wait_drained()
+        time.sleep(0.3)
+        control.write_text("dead")  # from the next read on, every read fails before it returns audio
+        device.feed(device.silence(0.1), speed=1000)
+        run.wait_for("stopped delivering audio")
+        for _ in range(4):  # the device keeps opening and failing: each attempt waits its back-off
+            device.feed(device.silence(0.1), speed=1000)
+            time.sleep(0.5)
+        lines = [line for line in run.err if "opened but delivered no audio" in line]
+        assert 1 <= len(lines) <= 6, lines  # 0.5 s, then 1.0 s (reconnect_max_s) between attempts: not thousands
+        control.unlink()
+        run.wait_for("capturing from device", count=len(lines) + 2)
+        device.feed(wav_frames(one_wav(tmp_path / "b", ["normal"] * 2, seed=5)), speed=4.0)
+        device.wait_drained()
+        run.wait_for("is back after")
+        time.sleep(0.5)
+        rc, out, err = run.stop(device)
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert rc == 0, err
+    events = [e["kind"] for e in json_lines(out) if e["type"] == "event"]
+    assert events.count("sensor_lost") == 1 and events.count("sensor_back") == 1, events

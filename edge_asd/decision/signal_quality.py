@@ -651,8 +651,10 @@ class PaceMonitor:
     so a processing backlog being worked off is never mistaken for it.
     """
 
-    def __init__(self, sr: int, *, window_s: float = PACE_WINDOW_S) -> None:
+    def __init__(self, sr: int, *, fast: float = PACE_FAST, window_s: float = PACE_WINDOW_S) -> None:
         self.sr = int(sr)
+        self.fast = float(fast)
+        self.ok = min(PACE_OK, (1.0 + self.fast) / 2)
         self.window_s = float(window_s)
         self._points: collections.deque[tuple[float, int]] = collections.deque()
         self._samples = 0
@@ -670,14 +672,14 @@ class PaceMonitor:
             return None
         pace = (self._samples - first_n) / self.sr / span
         stream_s = self._samples / self.sr
-        if not self.faulted and pace > PACE_FAST:
+        if not self.faulted and pace > self.fast:
             self.faulted = True
             return StateChange(kind="sensor_fault", state="sensor_pace", active=True, time_s=stream_s,
-                               since_s=stream_s - span * pace, reason="faster_than_realtime", value=pace, limit=PACE_FAST,
+                               since_s=stream_s - span * pace, reason="faster_than_realtime", value=pace, limit=self.fast,
                                details={"reason": "faster_than_realtime", "audio_s_per_s": round(pace, 3)})
-        if self.faulted and pace <= PACE_OK:
+        if self.faulted and pace <= self.ok:
             self.faulted = False
             return StateChange(kind="sensor_ok", state="sensor_pace", active=False, time_s=stream_s,
-                               since_s=stream_s - span * pace, reason="real time again", value=pace, limit=PACE_OK,
+                               since_s=stream_s - span * pace, reason="real time again", value=pace, limit=self.ok,
                                details={"reason": "faster_than_realtime", "audio_s_per_s": round(pace, 3)})
         return None
