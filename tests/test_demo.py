@@ -18,6 +18,7 @@ def test_quick_demo_runs_end_to_end(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     run = subprocess.run([sys.executable, "-m", "trainer", "demo", "--quick", "--out", str(out)],
                          capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
+    print(run.stdout)  # shown by pytest when an assertion below fails
     assert run.returncode == 0, run.stderr[-3000:]
     assert "| **int8 − float** |" in run.stdout and "streaming 48 new clips" in run.stdout
     # Calibrated on site first: both alarm rules, for the default of one false alarm a week.

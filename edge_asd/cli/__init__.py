@@ -352,6 +352,10 @@ def info(bundle, no_model) -> None:
         if delay is not None:
             click.echo(f"           expected time to detect a shift of 1 sd: {delay:.0f} s"
                        + "".join(f"; {s} sd: {v:.0f} s" for s, v in dict(e.details.get("delay_s", {})).items() if s != "1" and v))
+        bound = e.details.get("rate_bound_per_week")
+        if bound is not None:
+            click.echo(f"           the rate is the typical site's; nine sites in ten at most {bound:.2g}/week with "
+                       f"{e.details.get('audio_s', 0):.0f} s of audio (record longer to narrow it)")
         if e.details.get("extrapolated"):
             click.echo("           the alarm level is extrapolated beyond the simulated rates (rarer than simulated)")
         device_rate = t.details.get("device_false_alarms_per_day")

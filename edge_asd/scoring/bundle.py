@@ -301,6 +301,9 @@ class EvidenceRule:
             f"k = {self.allowance:g}, alarm level h = {self.decision_level:.3g} for {self.false_alarms_per_week:g} "
             f"false alarm(s)/week at {self.period_s:g} s periods",
         ]
+        bound = d.get("rate_bound_per_week")
+        if bound is not None:
+            parts.append(f"nine sites in ten at most {bound:.2g}/week with this much audio")
         if delay is not None:
             parts.append(f"a shift of 1 sd is heard after about {_duration(delay)} on average")
         if d.get("extrapolated"):
