@@ -6,6 +6,7 @@ No thresholds on the figures (CI machines are noisy); a missing or non-numeric f
 from __future__ import annotations
 
 import json
+import os
 import math
 import subprocess
 import sys
@@ -233,3 +234,27 @@ def test_toycar_auto_report_separates_fault_sensitivity_from_normal_drift():
     assert text.count("Spearman ρ of the pseudo-AUC with the anomalies-vs-held-out AUC: 1.00; with the normal drift AUC: 1.00.") == 1
     assert "| a | 0.6000 | 0.600 | 0.400 | 0.8000 | 0.5000 | n/m | n/m |" in text  # an older result without diagnoses
     assert "Over 2 seeds: Spearman ρ -1.00 ± 0.00, gap to the best real AUC 0.2000 ± 0.0000." in text
+
+
+def test_alarm_calibration_runs_end_to_end_on_tiny_settings(tmp_path):
+    """``python -m benchmarks.alarm_calibration`` as a user runs it, at tiny settings: one seed, 6 min
+    of calibration, 0.2 h of test stream; the counts it reports add up and every check is stated."""
+    results = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.alarm_calibration", "--seeds", "0", "--calibration-minutes", "6",
+                          "--hours", "0.2", "--variants", "plain", "--work", str(tmp_path / "work"), "--results", str(results)],
+                         capture_output=True, text=True, cwd=REPO, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    data = json.loads((results / "alarm_calibration.json").read_text())
+    text = (results / "alarm_calibration.md").read_text()
+    assert "evidence rule: onsets" in text and "device: all onsets" in text
+    fits = json.dumps(data)
+    assert '"decision_level"' in fits and "plain" in fits  # the fitted rules are recorded with the counts
+
+
+def test_persistent_benchmark_skips_with_a_message_where_toycar_is_absent(tmp_path):
+    env = {**os.environ, "EDGE_ASD_SHARED_DATA": str(tmp_path / "no-shared-data")}
+    run = subprocess.run([sys.executable, "-m", "benchmarks.persistent", "--seeds", "0", "--out", str(tmp_path / "work")],
+                         capture_output=True, text=True, cwd=REPO, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "skipped" in run.stdout + run.stderr and "no-shared-data" in run.stdout + run.stderr
+    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
