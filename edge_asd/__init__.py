@@ -6,7 +6,7 @@ The package follows the data, one sub-package a stage: ``audio`` (capture and fi
 (stdout, the store, MQTT, status) -> ``service``, ``remote`` and ``config`` -> ``cli``. See
 docs/architecture.md.
 
-Modules of the flat layout before 0.2 (``edge_asd.alarm``, ``edge_asd.sinks``, ...) still import:
+Modules of the earlier flat layout (``edge_asd.alarm``, ``edge_asd.sinks``, ...) still import:
 they are the same module objects as their new homes.
 """
 
