@@ -245,7 +245,9 @@ def refresh_rules(bundle_dir: Path, meta: dict[str, Any], seed_dir: Path) -> dic
     except ParameterError as exc:
         raise click.ClickException(f"the current code cannot fit the rules ({exc}); the export would write a "
                                    "provisional threshold; not reproduced here") from exc
-    record = threshold_record(rules, input_desc=what, model="int8", source="training")
+    from trainer.export import EXPORT_CALIBRATED_FOR
+
+    record = threshold_record(rules, input_desc=what, model="int8", source="training", calibrated_for=EXPORT_CALIBRATED_FOR)
     fit_s = time.perf_counter() - t0
     unchanged = _threshold_json(record) == _threshold_json(before.threshold)
     if not unchanged:

@@ -339,8 +339,9 @@ def test_enroll_rejects_a_microphone_recording_too_short_before_recording(tmp_pa
 
 def test_run_warns_once_for_a_threshold_never_set_on_site(tmp_path, tiny_wavs):
     bundle = copy_bundle(tmp_path, threshold=None)  # the exported (training) threshold
-    assert read_bundle(bundle).threshold.source == "training"
-    cfg = service_toml(tmp_path, bundle=bundle, inputs=tiny_wavs["normal"][0].parent, db=tmp_path / "e.sqlite")
+    exported = read_bundle(bundle).threshold
+    assert exported.source == "training" and exported.calibrated_for == {"period_s": 10.0, "model": "int8"}
+    cfg = service_toml(tmp_path, bundle=bundle, inputs=tiny_wavs["normal"][0].parent, db=tmp_path / "e.sqlite", period_s=10.0)
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))

@@ -81,7 +81,12 @@ def test_the_service_streams_an_ensemble_as_it_scores_clips(parts, ensemble, tmp
     assert info.returncode == 0 and "ensemble   mean of 2 models" in info.stdout and "member   members/1" in info.stdout
     wavs = tmp_path / "wavs"
     machine_clips(wavs, ["normal", "anomaly", "normal"])
-    cfg = service_toml(tmp_path, bundle=ensemble, inputs=wavs, db=tmp_path / "events.sqlite")
+    # Its threshold was fitted at export for 10 s periods: at 1 s periods the service refuses it (exit 78) ...
+    short = service_toml(tmp_path, bundle=ensemble, inputs=wavs, db=tmp_path / "events.sqlite")
+    refused = subprocess.run([sys.executable, "-m", "edge_asd", "run", "--config", str(short)], capture_output=True,
+                             text=True, env=device_env(), cwd=REPO, timeout=120)
+    assert refused.returncode == 78 and "set (training" in refused.stderr and "period_s 10.0" in refused.stderr, refused.stderr
+    cfg = service_toml(tmp_path, bundle=ensemble, inputs=wavs, db=tmp_path / "events.sqlite", period_s=10.0)
     proc = subprocess.run([sys.executable, "-m", "edge_asd", "run", "--config", str(cfg)], capture_output=True, text=True,
                           env=device_env(), cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -78,6 +78,9 @@ BACKEND_FILE = "backend.npz"
 DEFAULT_FALSE_ALARMS_PER_DAY = _DEVICE_DEFAULT_RATE
 """Target false-alarm rate of the exported alarm rules, per day, both rules together (as ``edge-asd calibrate``: one a week)."""
 EXPORT_PERIOD_S = AlarmConfig().period_s
+EXPORT_CALIBRATED_FOR = {"period_s": EXPORT_PERIOD_S, "model": "int8"}
+"""What the exported threshold was measured with: the service refuses to run it at another period
+length or with the float model (its rate would not be the one stated) until it is calibrated there."""
 """Period the exported threshold is fitted for, seconds: the service's default ``alarm.period_s``."""
 PROVISIONAL_MARGIN = 1.0
 """Added to the highest validation score when too little audio supports a fit: one standard
@@ -281,7 +284,7 @@ def export_threshold(
         except ParameterError as exc:
             reason = str(exc)
         else:
-            return threshold_record(rules, input_desc=what, model="int8", source="training")
+            return threshold_record(rules, input_desc=what, model="int8", source="training", calibrated_for=EXPORT_CALIBRATED_FOR)
     # Too little audio for a tail fit: stay above everything seen. Clips shorter than half a period
     # give no period at all; their clip means then stand in (they spread more: conservative).
     pool = period_scores if period_scores.size else clip_scores(
@@ -295,6 +298,7 @@ def export_threshold(
         source="training",
         false_alarms_per_day=None,
         period_s=EXPORT_PERIOD_S,
+        calibrated_for=EXPORT_CALIBRATED_FOR,
         details={
             "statement": statement,
             "input": what,
