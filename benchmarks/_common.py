@@ -80,3 +80,13 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def comma_list(text: str, name: str) -> list[str]:
+    """The items of a comma-separated option value; a click error naming the option when empty."""
+    import click
+
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise click.BadParameter("give at least one", param_hint=name)
+    return items

@@ -66,7 +66,7 @@ from typing import Any
 
 import click
 
-from benchmarks._common import REPO, machine, markdown_table  # sets one thread per library first
+from benchmarks._common import REPO, comma_list, machine, markdown_table  # sets one thread per library first
 
 import numpy as np  # noqa: E402
 
@@ -655,13 +655,6 @@ def write(result: dict[str, Any], results: Path) -> None:
     (results / f"{NAME}.md").write_text(markdown(result))
 
 
-def _list(text: str, name: str) -> list[str]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise click.BadParameter("give at least one", param_hint=name)
-    return items
-
-
 @click.command()
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds (bundle, clips and drift).")
 @click.option("--hours", type=float, default=7.0, show_default=True, help="Test stream per seed and variant, hours of audio.")
@@ -687,12 +680,12 @@ def main(seeds: str, hours: float, calibration_minutes: float, variants: str, dr
         return
     started = time.perf_counter()
     try:
-        seed_list = [int(x) for x in _list(seeds, "--seeds")]
+        seed_list = [int(x) for x in comma_list(seeds, "--seeds")]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
     if any(s < 0 for s in seed_list):
         raise click.BadParameter("seeds must be >= 0", param_hint="--seeds")
-    variant_list = _list(variants, "--variants")
+    variant_list = comma_list(variants, "--variants")
     unknown = sorted(set(variant_list) - set(VARIANTS))
     if unknown:
         raise click.BadParameter(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}", param_hint="--variants")

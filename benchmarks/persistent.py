@@ -319,7 +319,7 @@ def describe_rules(threshold: Any) -> dict[str, Any]:
             "extrapolated": rule.details.get("extrapolated"), "ar_coefficients": rule.details.get("ar_coefficients"),
             "lowest_simulated_rate_per_week": rule.details.get("lowest_simulated_rate_per_week"), "statement": rule.statement(),
             "z_cap": getattr(rule, "z_cap", None), "replicates": rule.details.get("replicates"),
-            "replicate_levels": rule.details.get("replicate_levels"), "guarantee": rule.details.get("guarantee"),
+            "replicate_levels": rule.details.get("replicate_levels"), "rate_bound_per_week": rule.details.get("rate_bound_per_week"),
         }
     return out
 
@@ -673,15 +673,16 @@ def markdown(r: dict[str, Any]) -> str:
         lines.append(f"| {label} | {_pm(o['heard'])} | {delay_cell} | {o['false_alarms_total']} "
                      f"({', '.join(str(v) for v in o['false_alarms']['values'])}) |")
     lines += ["", "## The fitted rules", "",
-              "| seed | epochs | val periods | threshold | evidence h | reference mean ± sd | expected delay at 1 sd, s | AR order | refit reproduces bundle |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| seed | epochs | val periods | threshold | evidence h | reference mean ± sd | expected delay at 1 sd, s | AR order "
+              "| nine sites in ten at most, /week | refit reproduces bundle |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for s in seeds:
         e = s["rules"]["evidence"]
         if e is None:
-            ev = f"missing: {s['rules']['evidence_note']} | – | – | –"
+            ev = f"missing: {s['rules']['evidence_note']} | – | – | – | –"
         else:
             ev = (f"{e['h']:.3g} | {e['reference_mean']:.3g} ± {e['reference_std']:.3g} | {_fmt(e['expected_delay_1sd_s'])} | "
-                  f"{e['ar_order']}")
+                  f"{e['ar_order']} | {_fmt(e.get('rate_bound_per_week'))}")
         lines.append(f"| {s['seed']} | {s['training'].get('epochs_run')} | {s['refit_check']['n_val_periods']} | "
                      f"{s['rules']['threshold']:.4g} | {ev} | {s['refit_check']['matches_bundle']} |")
     resumed = [s for s in seeds if s.get("rules_on_resume", {}).get("refit_on_resume")]

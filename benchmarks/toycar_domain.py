@@ -53,6 +53,7 @@ from trainer import quiet_tensorflow_logs
 
 quiet_tensorflow_logs()
 
+from benchmarks._common import comma_list  # noqa: E402
 from benchmarks.toycar import DATA, RESULTS, REPO  # noqa: E402
 from benchmarks.toycar_enroll import PERIOD_S, _clip_scores  # noqa: E402
 
@@ -402,13 +403,6 @@ def write(rows: list[dict], variants: list[str], meta: dict) -> None:
     (RESULTS / f"{name}.md").write_text(markdown(rows, pool, meta))
 
 
-def _list(text: str, name: str) -> list[str]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    if not items:
-        raise click.BadParameter("give at least one", param_hint=name)
-    return items
-
-
 @click.command()
 @click.option("--folds", default=",".join(FOLD_ORDER), show_default=True, help="Held-out car models, comma-separated.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds (training and site-clip choice).")
@@ -437,17 +431,17 @@ def main(folds: str, seeds: str, epochs: int | None, variants: str, work: Path, 
     from trainer.recipes import DEFAULT_RECIPE, get_recipe
 
     try:
-        seed_list = [int(x) for x in _list(seeds, "--seeds")]
+        seed_list = [int(x) for x in comma_list(seeds, "--seeds")]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {seeds!r}", param_hint="--seeds") from None
-    variant_list = _list(variants, "--variants")
+    variant_list = comma_list(variants, "--variants")
     allowed = VARIANTS + (ENSEMBLE_VARIANTS if ensemble_with else ())
     unknown = sorted(set(variant_list) - set(allowed))
     if unknown:
         raise click.BadParameter(f"unknown variants {unknown}; choose from {', '.join(allowed)} (member and ensemble "
                                  "need --ensemble-with)", param_hint="--variants")
     clips = read_dataset(DATA, layout="auto")
-    fold_list = _list(folds, "--folds")
+    fold_list = comma_list(folds, "--folds")
     available = holdout_groups(clips, "car")
     bad = sorted(set(fold_list) - set(available))
     if bad:

@@ -57,7 +57,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edge_asd.decision.calibration import DEFAULT_FALSE_ALARMS_PER_DAY
-from edge_asd.errors import EdgeASDError
+from edge_asd.errors import ConfigError, EdgeASDError
 
 __all__ = ["COMMANDS", "Command", "CommandError", "CommandOutcome", "RemoteOperations", "exchange_dirs",
            "parse_command", "verify_bundle"]
@@ -571,8 +571,6 @@ def _check_incoming(incoming: Path | None, live: Path) -> Path | None:
         return None
     folder, bundle = Path(incoming).expanduser().resolve(), live.expanduser().resolve()
     if folder == bundle or folder.is_relative_to(bundle) or bundle.is_relative_to(folder):
-        from edge_asd.errors import ConfigError
-
         raise ConfigError(f"mqtt.incoming_dir {incoming} must be neither inside nor above the running bundle {live}")
     return folder
 

@@ -53,7 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edge_asd.decision.alarm import AlarmLogic, ExcludedStretches, PeriodResult
-from edge_asd.decision.signal_quality import StateChange
+from edge_asd.decision.signal_quality import PaceMonitor, StateChange
 from edge_asd.errors import EdgeASDError
 from edge_asd.decision.calibration import check_threshold_setting
 from edge_asd.scoring.streaming import StreamingScorer
@@ -216,6 +216,7 @@ class Service:
         self.notifier = notifier
         self.store = store
         self._open_onset_id: str | None = None
+        self._saved_evidence: float | None = None  # the statistic last written to the store
         self.stats = ServiceStats()
         self.threshold_warning = ""
         """Set by :func:`run_service` for a threshold never set on site; shown in the READY status."""
@@ -252,8 +253,6 @@ class Service:
 
         if hasattr(self.source, "on_status"):
             self.source.on_status = on_status
-        from edge_asd.decision.signal_quality import PaceMonitor
-
         max_pace = self.config.input.max_pace
         pace = PaceMonitor(sr, fast=max_pace) if self.source.realtime and max_pace else None
         try:
@@ -387,8 +386,11 @@ class Service:
         cusum = self.alarm.cusum
         if self.store is None or cusum is None:
             return
+        if cusum.statistic == 0.0 and self._saved_evidence == 0.0:
+            return  # normal sound mostly keeps it at zero: no write (and no SD-card wear) every period
         try:
-            self.store.save_evidence(self.config.device.id, statistic=cusum.statistic, rule=_rule_key(cusum.rule))
+            if self.store.save_evidence(self.config.device.id, statistic=cusum.statistic, rule=_rule_key(cusum.rule)):
+                self._saved_evidence = cusum.statistic
         except Exception as exc:  # detection must go on; the next period tries again
             log.warning("cannot save the evidence state: %s", exc)
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import time
 
 import numpy as np
 import pytest
 import scipy.signal
 
 from edge_asd.decision.alarm import EVENT_ONSET, EVENT_RECOVERY, RULE_EVIDENCE, RULE_PERIOD, AlarmConfig, AlarmLogic
-from edge_asd.scoring.bundle import Threshold, read_bundle, update_threshold
+from edge_asd.scoring.bundle import Threshold
 from edge_asd.decision.calibration import fit_alarm_rules, resolve_rate
 from edge_asd.errors import ParameterError
 from edge_asd.decision.evidence import SECONDS_PER_WEEK, Cusum, EvidenceRule, ar_order, fit_evidence_rule

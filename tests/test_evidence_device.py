@@ -159,7 +159,7 @@ def test_status_metrics_and_mqtt_state_show_the_evidence(tmp_path):
                       threshold_method="gamma-tail-fit", threshold_set_utc="2026-01-01T00:00:00+00:00")
     writer = HealthWriter(tmp_path / "state.json", write_interval_s=1.0, device_id="d", bundle=info)
     period = PeriodResult(start_s=0.0, end_s=9.9, score=0.4, n_windows=10, anomalous=False, alarm=False,
-                          evidence=3.3, evidence_fraction=0.4125, evidence_level=8.0)
+                          evidence=3.3, evidence_level=8.0)
     writer.on_period(period, 2.5)
     status = read_status(tmp_path / "state.json")
     assert status.snapshot.evidence == pytest.approx(0.4125)
@@ -167,7 +167,7 @@ def test_status_metrics_and_mqtt_state_show_the_evidence(tmp_path):
     samples = {s.name: s.value for family in _SnapshotCollector(writer).collect() for s in family.samples}
     assert samples["edge_asd_evidence_ratio"] == pytest.approx(0.4125)
     # Without a rule: said so, and no metric.
-    writer.on_period(dataclasses.replace(period, evidence=None, evidence_fraction=None, evidence_level=None), 2.5)
+    writer.on_period(dataclasses.replace(period, evidence=None, evidence_level=None), 2.5)
     assert "no evidence rule" in format_status(read_status(tmp_path / "state.json"))
     assert "edge_asd_evidence_ratio" not in {s.name for f in _SnapshotCollector(writer).collect() for s in f.samples}
     writer.close()

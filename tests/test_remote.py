@@ -6,7 +6,6 @@ The path over a real, authenticating mosquitto into a running service is in
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

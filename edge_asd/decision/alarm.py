@@ -119,8 +119,6 @@ class PeriodResult:
     """Windows left out of the mean (marked invalid)."""
     evidence: float | None = None
     """The evidence statistic after this period, standard deviations (``None``: no evidence rule)."""
-    evidence_fraction: float | None = None
-    """``evidence`` as a share of the evidence rule's alarm level, 0-1."""
     evidence_level: float | None = None
     """The evidence rule's alarm level ``h``, standard deviations."""
     rules: tuple[str, ...] = ()
@@ -130,6 +128,13 @@ class PeriodResult:
     excursion above zero), seconds on the caller's clock."""
     shift_sd: float | None = None
     """At an evidence onset: the mean standardised score since ``shift_start_s`` (the shift's size), SD."""
+
+    @property
+    def evidence_fraction(self) -> float | None:
+        """``evidence`` as a share of the evidence rule's alarm level, 0-1 (``None``: no evidence rule)."""
+        if self.evidence is None or not self.evidence_level:
+            return None
+        return min(1.0, max(0.0, self.evidence / self.evidence_level))
 
 
 class PeriodAverager:
@@ -327,8 +332,7 @@ class AlarmLogic:
     def _evidence_fields(self) -> dict[str, float | None]:
         if self.cusum is None:
             return {}
-        return {"evidence": self.cusum.statistic, "evidence_fraction": self.cusum.fraction,
-                "evidence_level": self.cusum.rule.decision_level}
+        return {"evidence": self.cusum.statistic, "evidence_level": self.cusum.rule.decision_level}
 
     def resume_alarm(self) -> None:
         """Start in the alarm state (an onset of an earlier run is still open).

@@ -66,14 +66,14 @@ from edge_asd.errors import ParameterError
 
 __all__ = [
     "EvidenceRule", "Cusum", "fit_evidence_rule", "ar_order", "SECONDS_PER_WEEK", "DEFAULT_SHIFT_SD",
-    "MIN_EVIDENCE_PERIODS", "MIN_BLOCKS", "needed_periods",
+    "MIN_EVIDENCE_PERIODS", "MIN_PERIODS_PER_LAG", "needed_periods",
 ]
 
 SECONDS_PER_WEEK = 7 * 86_400.0
 MIN_EVIDENCE_PERIODS = 30
 """Fewer normal periods than this cannot support the rule: the reference mean would be uncertain
 by more than a fifth of a standard deviation, and that error adds to the drift of every period."""
-MIN_BLOCKS = 10
+MIN_PERIODS_PER_LAG = 10
 """The recording must hold at least this many periods per autoregressive lag fitted."""
 DEFAULT_REPLICATES = 64
 LEVEL_QUANTILE = 0.5
@@ -126,8 +126,8 @@ class Cusum:
         if value <= 0:
             self.reset()
             return 0.0
-        if self.statistic == 0.0:
-            self.start_s, self.periods, self._sum_z = start_s, 0, 0.0
+        if self.statistic == 0.0:  # a new excursion (reset() has zeroed its counts)
+            self.start_s = start_s
         self.statistic = value
         self.periods += 1
         self._sum_z += z
@@ -182,7 +182,7 @@ def ar_order(scores: np.ndarray, max_order: int | None = None) -> tuple[int, np.
 
 def needed_periods(order: int) -> int:
     """Normal periods the rule needs when the scores follow an autoregression of ``order``."""
-    return max(MIN_EVIDENCE_PERIODS, MIN_BLOCKS * order)
+    return max(MIN_EVIDENCE_PERIODS, MIN_PERIODS_PER_LAG * order)
 
 
 def _sieve_streams(rng: np.random.Generator, x: np.ndarray, phi: np.ndarray, rows: int, length: int) -> np.ndarray:

@@ -275,12 +275,12 @@ class SQLiteStore:
                 raise StoreError(f"{self.path}: cannot read the open alarm ({exc})") from exc
         return None if row is None else {"onset_id": str(row[0]), "time_utc": str(row[1]), "stream_time_s": float(row[2])}
 
-    def save_evidence(self, device: str, *, statistic: float, rule: str) -> None:
-        """Keep ``device``'s evidence statistic (and the rule it belongs to) with the time now; a
-        store that cannot be written is skipped quietly (the next period writes again)."""
+    def save_evidence(self, device: str, *, statistic: float, rule: str) -> bool:
+        """Keep ``device``'s evidence statistic (and the rule it belongs to) with the time now;
+        ``False`` when the store could not be written (skipped quietly: the next period writes again)."""
         with self._lock:
             if self._db is None:
-                return
+                return False
             try:
                 # Every period, from the processing thread: never wait for another writer's lock.
                 self._db.execute("PRAGMA busy_timeout = 0")
@@ -289,9 +289,11 @@ class SQLiteStore:
                                      (device, float(statistic), rule, time.time()))
             except sqlite3.Error as exc:
                 log.debug("event store %s: cannot save the evidence (%s)", self.path, exc)
+                return False
             finally:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        return True
 
     def remember_nonce(self, nonce: str, seen: float, *, keep_s: float) -> bool:
         """Record a signed command's nonce; ``False`` if it was recorded before (a replay). Nonces

@@ -315,7 +315,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class Threshold:
     """The decision threshold on clip / period scores, and where it came from."""
